@@ -1,0 +1,3 @@
+from samsearch.cli import main
+
+main()

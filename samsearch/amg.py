@@ -1,0 +1,194 @@
+"""Automatic mask generation ("segment everything") over a point grid, on an already-encoded image.
+
+Same algorithm, settings and results as ``segment_anything.SamAutomaticMaskGenerator`` (single crop
+layer), reorganised so nothing is done for masks that will be thrown away:
+
+1. the decoder runs on ``points_per_batch`` grid points at once; low-resolution logits are kept;
+2. predicted-IoU filtering needs no masks; stability and boxes are computed on the upsampled logits a
+   chunk at a time and the full-resolution tensors are dropped immediately;
+3. box NMS runs over the survivors' boxes;
+4. only the final masks are upsampled again (bit-identical: the upsampling is deterministic),
+   thresholded, and handed on as tensors — RLE encoding happens once, at storage time.
+
+There are no per-mask Python loops and no deep copies of RLE lists.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+from segment_anything.utils.amg import batched_mask_to_box, build_point_grid, calculate_stability_score
+from torchvision.ops.boxes import batched_nms
+
+from samsearch.encoder import EncodedImage, resize_transform
+
+
+@dataclass(frozen=True)
+class AmgSettings:
+    """SAM's automatic-mask-generator knobs, with SAM's defaults."""
+
+    points_per_side: int = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    min_mask_region_area: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that change which masks come out (batch size does not)."""
+        d = self.as_dict()
+        d.pop("points_per_batch")
+        return d
+
+
+@dataclass
+class GeneratedMasks:
+    masks: torch.Tensor  # (N, H, W) bool, on the model's device
+    boxes_xyxy: torch.Tensor  # (N, 4) float
+    predicted_iou: torch.Tensor  # (N,)
+    stability_score: torch.Tensor  # (N,)
+    points: torch.Tensor  # (N, 2) prompt point, original-image pixels
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.masks.shape[0])
+
+
+def _upsample(sam: Sam, low_res: torch.Tensor, enc: EncodedImage) -> torch.Tensor:
+    """Low-res logits (N,256,256) → logits at original resolution (N,H,W), as SamPredictor does."""
+    return sam.postprocess_masks(low_res[:, None], enc.input_size, enc.original_size)[:, 0]
+
+
+def _chunk_size(enc: EncodedImage, budget: float = 1.5e8) -> int:
+    h, w = enc.original_size
+    return max(1, int(budget // (h * w)))
+
+
+@torch.no_grad()
+def decode_point_batch(sam: Sam, enc: EncodedImage, points_xy: np.ndarray):
+    """Run prompt encoder + mask decoder on N single-point prompts (original pixels, float64 like the
+    reference). Returns low-res logits (N,3,256,256) and predicted IoU (N,3)."""
+    transformed = resize_transform(sam).apply_coords(points_xy, enc.original_size)
+    coords = torch.as_tensor(transformed, device=sam.device)[:, None, :]
+    labels = torch.ones((coords.shape[0], 1), dtype=torch.int, device=sam.device)
+    sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+    low_res, iou = sam.mask_decoder(
+        image_embeddings=enc.features,
+        image_pe=sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=True,
+    )
+    return low_res, iou
+
+
+def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tuple[np.ndarray, bool]:
+    """SAM's hole/island removal (8-connectivity) with scipy instead of OpenCV."""
+    from scipy import ndimage
+
+    correct_holes = mode == "holes"
+    working = correct_holes ^ mask
+    regions, n = ndimage.label(working, structure=np.ones((3, 3), dtype=bool))
+    sizes = np.bincount(regions.ravel(), minlength=n + 1)[1:]
+    small = [i + 1 for i, s in enumerate(sizes) if s < area_thresh]
+    if not small:
+        return mask, False
+    fill = [0, *small]
+    if not correct_holes:
+        fill = [i for i in range(n + 1) if i not in fill]
+        if not fill:  # every region is small: keep the largest
+            fill = [int(np.argmax(sizes)) + 1]
+    return np.isin(regions, fill), True
+
+
+def _postprocess_small_regions(masks: torch.Tensor, boxes: torch.Tensor, min_area: int, nms_thresh: float):
+    """Apply hole/island removal, then NMS preferring unchanged masks (as SAM does). Returns keep idx,
+    new masks and new boxes."""
+    host = masks.cpu().numpy()
+    new_masks, scores = [], []
+    for m in host:
+        m2, changed_holes = remove_small_regions(m, min_area, "holes")
+        m3, changed_islands = remove_small_regions(m2, min_area, "islands")
+        new_masks.append(m3)
+        scores.append(0.0 if (changed_holes or changed_islands) else 1.0)
+    new = torch.as_tensor(np.stack(new_masks), device=masks.device)
+    new_boxes = batched_mask_to_box(new)
+    keep = batched_nms(new_boxes.float(), torch.as_tensor(scores, device=masks.device),
+                       torch.zeros(len(new_boxes), device=masks.device), iou_threshold=nms_thresh)
+    return keep, new, new_boxes
+
+
+@torch.no_grad()
+def generate_masks(sam: Sam, enc: EncodedImage, settings: AmgSettings) -> GeneratedMasks:
+    timings = {"decoder": 0.0, "filter": 0.0, "nms": 0.0, "final_masks": 0.0}
+    h, w = enc.original_size
+    points = build_point_grid(settings.points_per_side) * np.array([[w, h]])
+    thr = sam.mask_threshold
+    dev = sam.device
+
+    kept_low, kept_iou, kept_stab, kept_boxes, kept_points = [], [], [], [], []
+    for start in range(0, len(points), settings.points_per_batch):
+        batch_points = points[start:start + settings.points_per_batch]
+        t0 = time.perf_counter()
+        low_res, iou = decode_point_batch(sam, enc, batch_points)
+        t1 = time.perf_counter()
+        low_res = low_res.flatten(0, 1)
+        iou = iou.flatten(0, 1)
+        pts = torch.as_tensor(batch_points, device=dev).repeat_interleave(3, dim=0)
+        # Predicted-IoU filter needs no mask at all.
+        if settings.pred_iou_thresh > 0.0:
+            keep = iou > settings.pred_iou_thresh
+            low_res, iou, pts = low_res[keep], iou[keep], pts[keep]
+        # Stability and boxes need full-resolution logits: a chunk at a time, then dropped.
+        stab = torch.empty(len(iou), device=dev)
+        boxes = torch.empty((len(iou), 4), dtype=torch.long, device=dev)
+        step = _chunk_size(enc)
+        for s in range(0, len(iou), step):
+            logits = _upsample(sam, low_res[s:s + step], enc)
+            stab[s:s + step] = calculate_stability_score(logits, thr, settings.stability_score_offset)
+            boxes[s:s + step] = batched_mask_to_box(logits > thr)
+        keep = stab >= settings.stability_score_thresh if settings.stability_score_thresh > 0.0 else None
+        if keep is not None:
+            low_res, iou, pts, stab, boxes = low_res[keep], iou[keep], pts[keep], stab[keep], boxes[keep]
+        kept_low.append(low_res)
+        kept_iou.append(iou)
+        kept_stab.append(stab)
+        kept_boxes.append(boxes)
+        kept_points.append(pts)
+        timings["decoder"] += t1 - t0
+        timings["filter"] += time.perf_counter() - t1
+
+    t0 = time.perf_counter()
+    low_res = torch.cat(kept_low) if kept_low else torch.zeros((0, 256, 256), device=dev)
+    iou = torch.cat(kept_iou) if kept_iou else torch.zeros(0, device=dev)
+    stab = torch.cat(kept_stab) if kept_stab else torch.zeros(0, device=dev)
+    boxes = torch.cat(kept_boxes) if kept_boxes else torch.zeros((0, 4), dtype=torch.long, device=dev)
+    pts = torch.cat(kept_points) if kept_points else torch.zeros((0, 2), device=dev)
+    keep = batched_nms(boxes.float(), iou, torch.zeros(len(boxes), device=dev),
+                       iou_threshold=settings.box_nms_thresh)
+    low_res, iou, stab, boxes, pts = low_res[keep], iou[keep], stab[keep], boxes[keep], pts[keep]
+    t1 = time.perf_counter()
+
+    # Final masks: upsample only the survivors.
+    masks = torch.empty((len(iou), h, w), dtype=torch.bool, device=dev)
+    step = _chunk_size(enc)
+    for s in range(0, len(iou), step):
+        masks[s:s + step] = _upsample(sam, low_res[s:s + step], enc) > thr
+    if settings.min_mask_region_area > 0 and len(masks):
+        keep, new_masks, new_boxes = _postprocess_small_regions(
+            masks, boxes, settings.min_mask_region_area, settings.box_nms_thresh
+        )
+        masks, boxes = new_masks[keep], new_boxes[keep]
+        iou, stab, pts = iou[keep], stab[keep], pts[keep]
+    timings["nms"] = t1 - t0
+    timings["final_masks"] = time.perf_counter() - t1
+    return GeneratedMasks(masks, boxes.float(), iou, stab, pts.float(), timings)

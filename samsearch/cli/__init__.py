@@ -1,0 +1,18 @@
+"""The ``samsearch`` command line: a thin layer over the library.
+
+Every command calls one library function and turns ``SamsearchError`` into a one-line message on
+stderr. Exit codes: 0 success; 1 an error (bad input, missing model, store failure); 2 bad usage;
+3 the command finished but some inputs failed (listed in the summary and in ``samsearch stats``).
+"""
+
+from __future__ import annotations
+
+from samsearch.cli import db_cmd, ingest_cmd, stats_cmd  # noqa: F401  (registers commands)
+from samsearch.cli.app import app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+import typer
+
+from samsearch.cli.app import app, handle_errors, open_home_from
+
+db_app = typer.Typer(help="Metadata database commands.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+@handle_errors
+def upgrade(ctx: typer.Context) -> None:
+    """Apply pending schema migrations (also done automatically on first use)."""
+    home = open_home_from(ctx.parent)
+    try:
+        home.db.upgrade()
+        typer.echo(f"{home.db.safe_url}: schema at revision {home.db.current_revision()}")
+    finally:
+        home.close()

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from samsearch.cli.app import EXIT_PARTIAL, app, echo_json, handle_errors, open_home_from
+
+
+@app.command("ingest")
+@handle_errors
+def ingest(
+    ctx: typer.Context,
+    paths: list[str] = typer.Argument(..., help="Image files, folders (recursive) or glob patterns."),
+    dataset: str = typer.Option("default", "--dataset", help="Dataset name stored with every image."),
+    prompts: str = typer.Option("auto", "--prompts",
+                                help="auto: segment everything over a point grid; boxes: prompt SAM with the "
+                                     "boxes of --annotations; masks: embed the annotation masks as given."),
+    annotations: Path = typer.Option(None, "--annotations", help="COCO JSON for --prompts boxes|masks."),
+    model: str = typer.Option("vit_b", "--model", help="vit_b, vit_l, vit_h, or tiny-random (no semantics; "
+                                                       "for tests and offline smoke runs)."),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="Local checkpoint file (skips the download)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:1, ..."),
+    points_per_side: int = typer.Option(32, "--points-per-side", min=1),
+    points_per_batch: int = typer.Option(64, "--points-per-batch", min=1),
+    pred_iou_thresh: float = typer.Option(0.88, "--pred-iou-thresh"),
+    stability_score_thresh: float = typer.Option(0.95, "--stability-score-thresh"),
+    box_nms_thresh: float = typer.Option(0.7, "--box-nms-thresh"),
+    min_mask_region_area: int = typer.Option(0, "--min-mask-region-area", min=0),
+    max_pixels: int = typer.Option(200_000_000, "--max-pixels",
+                                   help="Larger images are recorded as failed (decompression-bomb guard)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Segment images with SAM, embed every segment, and store masks + metadata + vectors.
+
+    Re-running the same command is safe: finished images are skipped, interrupted ones redone.
+    Exit code 3 when some images failed (they are listed; see also `samsearch stats`).
+    """
+    from samsearch.amg import AmgSettings
+    from samsearch.ingest import IngestOptions, Ingestor
+    from samsearch.models import load_model
+
+    options = IngestOptions(
+        dataset=dataset, prompts=prompts, annotations=annotations, max_pixels=max_pixels,  # type: ignore[arg-type]
+        amg=AmgSettings(points_per_side=points_per_side, points_per_batch=points_per_batch,
+                        pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
+                        box_nms_thresh=box_nms_thresh, min_mask_region_area=min_mask_region_area),
+    )
+    loaded = load_model(model, checkpoint=checkpoint, device=device, progress=not quiet)
+    home = open_home_from(ctx)
+    try:
+        summary = Ingestor(home, loaded, options).run(paths, progress=not quiet)
+    finally:
+        home.close()
+    if as_json:
+        echo_json(summary.as_dict())
+    else:
+        typer.echo(
+            f"ingested {summary.images_ingested} images ({summary.segments} segments), "
+            f"skipped {summary.images_skipped} already stored, failed {summary.images_failed}, "
+            f"in {summary.seconds:.1f}s"
+        )
+        if summary.images_without_annotations:
+            typer.echo(f"{summary.images_without_annotations} images had no entry in {annotations}")
+        for f in summary.failures:
+            typer.echo(f"failed: {f.path}: {f.reason}", err=True)
+    if summary.images_failed:
+        raise typer.Exit(EXIT_PARTIAL)

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import typer
+
+from samsearch.cli.app import app, echo_json, handle_errors, open_home_from
+
+
+@app.command("stats")
+@handle_errors
+def stats(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
+) -> None:
+    """Counts per dataset, model and status, and the images that failed."""
+    from samsearch.stats import collect_stats
+
+    home = open_home_from(ctx)
+    try:
+        data = collect_stats(home)
+    finally:
+        home.close()
+    if as_json:
+        echo_json(data)
+        return
+    space = data["embedding_space"]
+    typer.echo(f"home:      {data['home']}")
+    typer.echo(f"database:  {data['database']}")
+    typer.echo(f"vectors:   {data['vector_store']} ({data['vectors']} stored)")
+    typer.echo(f"model:     {space['model'] + ' / ' + space['recipe'] if space else '-'}")
+    typer.echo(f"images:    {data['images']} ({data['failed_images']} failed)")
+    typer.echo(f"segments:  {data['segments']}")
+    if data["datasets"]:
+        typer.echo("")
+        typer.echo(f"{'dataset':<24} {'images':>8} {'done':>8} {'failed':>8} {'segments':>10}")
+        for name, d in data["datasets"].items():
+            st = d["by_status"]
+            typer.echo(f"{name:<24} {d['images']:>8} {st.get('done', 0):>8} {st.get('failed', 0):>8} "
+                       f"{d['segments']:>10}")
+    if data["failures"]:
+        typer.echo("")
+        typer.echo("failed images:")
+        for f in data["failures"]:
+            typer.echo(f"  {f['path']}: {f['error']}")

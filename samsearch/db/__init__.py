@@ -1,0 +1,24 @@
+"""Metadata store: SQLAlchemy 2.0 typed ORM (``schema``), engine/session and migrations (``engine``)."""
+
+from samsearch.db.engine import Database, default_sqlite_url, open_database
+from samsearch.db.schema import (
+    Bank,
+    BankClass,
+    BankVector,
+    Base,
+    ClusterName,
+    ClusterRun,
+    Image,
+    ImageStatus,
+    Ingestion,
+    Meta,
+    Run,
+    Segment,
+    SegmentCluster,
+)
+
+__all__ = [
+    "Bank", "BankClass", "BankVector", "Base", "ClusterName", "ClusterRun", "Database", "Image",
+    "ImageStatus", "Ingestion", "Meta", "Run", "Segment", "SegmentCluster", "default_sqlite_url",
+    "open_database",
+]

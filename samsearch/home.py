@@ -1,0 +1,95 @@
+"""A samsearch home: one folder holding the metadata database and the vector store.
+
+Defaults are embedded: ``<home>/samsearch.db`` (SQLite) and ``<home>/vectors/`` (Qdrant Edge).
+``SAMSEARCH_DATABASE_URL`` points the metadata at Postgres; ``SAMSEARCH_QDRANT_URL`` (and
+``SAMSEARCH_QDRANT_API_KEY``) point the vectors at a Qdrant server.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from samsearch.db import Database, Meta, default_sqlite_url, open_database
+from samsearch.errors import EmbeddingSpaceMismatch
+from samsearch.vectors import VectorStore, open_vector_store
+
+SEGMENTS = "segments"  # the vector collection holding one vector per stored segment
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("SAMSEARCH_HOME") or Path.home() / ".samsearch").expanduser()
+
+
+@dataclass(frozen=True)
+class EmbeddingSpace:
+    """What produced the vectors of a home; two spaces must be equal for their vectors to be compared."""
+
+    model: str
+    checkpoint_sha256: str
+    recipe: str
+    dim: int
+
+    def describe(self) -> str:
+        return f"{self.model} (weights {self.checkpoint_sha256[:12]}, {self.recipe}, {self.dim}-d)"
+
+
+class Home:
+    def __init__(
+        self,
+        root: Path | str | None = None,
+        database_url: str | None = None,
+        qdrant_url: str | None = None,
+        qdrant_api_key: str | None = None,
+    ):
+        self.root = Path(root).expanduser() if root is not None else default_home()
+        self.root.mkdir(parents=True, exist_ok=True)
+        url = database_url or os.environ.get("SAMSEARCH_DATABASE_URL") or default_sqlite_url(self.root)
+        self.db: Database = open_database(url)
+        self.qdrant_url = qdrant_url or os.environ.get("SAMSEARCH_QDRANT_URL") or None
+        api_key = qdrant_api_key or os.environ.get("SAMSEARCH_QDRANT_API_KEY") or None
+        self.vectors: VectorStore = open_vector_store(self.root / "vectors", self.qdrant_url, api_key)
+
+    # -- embedding space -------------------------------------------------------------------------
+    def embedding_space(self) -> EmbeddingSpace | None:
+        with self.db.session() as s:
+            row = s.get(Meta, "embedding_space")
+            return EmbeddingSpace(**row.value) if row else None
+
+    def claim_embedding_space(self, space: EmbeddingSpace) -> None:
+        """Record ``space`` for an empty home, or check it matches what the home already holds."""
+        with self.db.session() as s:
+            row = s.execute(select(Meta).where(Meta.key == "embedding_space").with_for_update()).scalar()
+            if row is None:
+                s.add(Meta(key="embedding_space", value=space.__dict__))
+            elif EmbeddingSpace(**row.value) != space:
+                held = EmbeddingSpace(**row.value)
+                raise EmbeddingSpaceMismatch(
+                    f"{self.root}: this home holds vectors from {held.describe()}; this run uses "
+                    f"{space.describe()}; vectors from different models cannot be mixed "
+                    "(use the same --model/--checkpoint, or another --home)"
+                )
+        self.vectors.ensure_collection(SEGMENTS, space.dim)
+
+    def meta(self, key: str) -> dict[str, Any] | None:
+        with self.db.session() as s:
+            row = s.get(Meta, key)
+            return dict(row.value) if row else None
+
+    def close(self) -> None:
+        self.vectors.close()
+        self.db.dispose()
+
+    def __enter__(self) -> Home:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_home(root: Path | str | None = None, **kwargs: Any) -> Home:
+    return Home(root, **kwargs)

@@ -1,0 +1,421 @@
+"""Ingest pipeline: image files → SAM segments → one embedding each → vectors + metadata.
+
+Stages per image: read+hash → decode → encode (once) → masks (auto / boxes / masks) → pool → write.
+The image is the unit of atomicity: its row is marked ``running`` before anything is written, vectors
+are upserted (durably) next, and the segments, the ingestion marker and ``done`` are committed in one
+SQL transaction last. A crash anywhere leaves the image not ``done``; the next run of the same command
+deletes whatever vectors that attempt left and redoes the image. Segment ids are deterministic, so a
+re-run never duplicates anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from sqlalchemy import delete, insert, select
+
+from samsearch.amg import AmgSettings, generate_masks
+from samsearch.annotations import AnnotatedImage, AnnotationError, CocoAnnotations, load_coco
+from samsearch.db import Image, ImageStatus, Ingestion, Run, Segment
+from samsearch.db.schema import utcnow
+from samsearch.embed import RECIPE, pool_mask_embeddings
+from samsearch.encoder import EncodedImage, encode_image
+from samsearch.errors import InputError
+from samsearch.home import SEGMENTS, EmbeddingSpace, Home
+from samsearch.imageio import ImageLoadError, collect_image_paths, decode_image, read_bytes_and_hash
+from samsearch.masks import annotation_to_mask, masks_to_rles
+from samsearch.models import LoadedModel
+from samsearch.prompting import masks_from_boxes
+from samsearch.vectors import Filter, Match
+
+PromptMode = Literal["auto", "boxes", "masks"]
+PROMPT_MODES: tuple[str, ...] = ("auto", "boxes", "masks")
+SOURCE_OF_MODE = {"auto": "auto", "boxes": "box", "masks": "mask"}
+SEGMENT_NAMESPACE = uuid.UUID("5b0e6a4e-3c1f-4f57-9a51-7d0c2f9b8e11")
+DEFAULT_MAX_PIXELS = 200_000_000
+
+
+@dataclass
+class IngestOptions:
+    dataset: str = "default"
+    prompts: PromptMode = "auto"
+    annotations: Path | None = None
+    amg: AmgSettings = field(default_factory=AmgSettings)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    box_batch: int = 64
+
+    def settings_hash(self, model: LoadedModel) -> str:
+        """Everything that decides which segments and vectors an image yields (not the dataset name)."""
+        ident: dict[str, Any] = {"model": model.key, "recipe": RECIPE, "prompts": self.prompts}
+        if self.prompts == "auto":
+            ident["amg"] = self.amg.identity()
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@dataclass
+class Failure:
+    path: str
+    reason: str
+
+
+@dataclass
+class IngestSummary:
+    run_id: int
+    images_seen: int = 0
+    images_ingested: int = 0
+    images_skipped: int = 0  # already done with these settings (incl. duplicate content)
+    images_failed: int = 0
+    images_without_annotations: int = 0
+    segments: int = 0
+    empty_masks_dropped: int = 0
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = self.__dict__.copy()
+        d["failures"] = [f.__dict__ for f in self.failures]
+        return d
+
+
+@dataclass
+class SegmentedImage:
+    """The checked container handed from the model stages to the writer."""
+
+    masks: torch.Tensor  # (N,H,W) bool
+    boxes_xyxy: np.ndarray  # (N,4) float
+    predicted_iou: list[float | None]
+    stability_score: list[float | None]
+    prompts: list[dict[str, Any] | None]
+    annotation_ids: list[int | None]
+    categories: list[str | None]
+
+    def __post_init__(self) -> None:
+        n = int(self.masks.shape[0])
+        lens = {len(self.boxes_xyxy), len(self.predicted_iou), len(self.stability_score), len(self.prompts),
+                len(self.annotation_ids), len(self.categories)}
+        if lens != {n} and not (n == 0 and lens <= {0}):
+            raise ValueError(f"SegmentedImage fields disagree on the number of segments: {n} masks, {lens}")
+
+    def __len__(self) -> int:
+        return int(self.masks.shape[0])
+
+
+def segment_id(content_hash: str, settings_hash: str, index: int) -> str:
+    return str(uuid.uuid5(SEGMENT_NAMESPACE, f"{content_hash}/{settings_hash}/{index}"))
+
+
+def _fault(point: str) -> None:
+    """Crash injection for the reliability tests: SAMSEARCH_FAULT=<point>:<n> kills the process the
+    n-th time ``point`` is reached (a real crash: no cleanup, no exception handlers)."""
+    spec = os.environ.get("SAMSEARCH_FAULT")
+    if not spec:
+        return
+    name, _, nth = spec.partition(":")
+    if name != point:
+        return
+    count = _fault.counts.get(point, 0) + 1  # type: ignore[attr-defined]
+    _fault.counts[point] = count  # type: ignore[attr-defined]
+    if count >= int(nth or 1):
+        os._exit(77)
+
+
+_fault.counts = {}  # type: ignore[attr-defined]
+
+
+def segment_image(
+    model: LoadedModel,
+    enc: EncodedImage,
+    options: IngestOptions,
+    annotated: AnnotatedImage | None,
+    timings: dict[str, float],
+) -> SegmentedImage:
+    sam = model.sam
+    h, w = enc.original_size
+    t0 = time.perf_counter()
+    if options.prompts == "auto":
+        gen = generate_masks(sam, enc, options.amg)
+        out = SegmentedImage(
+            gen.masks,
+            gen.boxes_xyxy.cpu().numpy(),
+            gen.predicted_iou.cpu().tolist(),
+            gen.stability_score.cpu().tolist(),
+            [{"point": [round(float(x), 2), round(float(y), 2)]} for x, y in gen.points.cpu().tolist()],
+            [None] * len(gen),
+            [None] * len(gen),
+        )
+    else:
+        anns = sorted(annotated.annotations, key=lambda a: a.id) if annotated else []
+        ids = [a.id for a in anns]
+        cats = [a.category for a in anns]
+        boxes = np.array([[a.bbox_xywh[0], a.bbox_xywh[1], a.bbox_xywh[0] + a.bbox_xywh[2],
+                           a.bbox_xywh[1] + a.bbox_xywh[3]] for a in anns], dtype=np.float32).reshape(-1, 4)
+        if options.prompts == "boxes":
+            masks, ious = masks_from_boxes(sam, enc, boxes, options.box_batch)
+            out = SegmentedImage(masks, boxes, ious.cpu().tolist(), [None] * len(anns),
+                                 [{"box": [round(float(v), 2) for v in b]} for b in boxes], ids, cats)
+        else:
+            kept = [a for a in anns if a.segmentation is not None]
+            stack = np.stack([annotation_to_mask(a.segmentation, h, w) for a in kept]) if kept else \
+                np.zeros((0, h, w), dtype=bool)
+            masks = torch.as_tensor(stack, device=sam.device)
+            out = SegmentedImage(masks, boxes[[anns.index(a) for a in kept]] if kept else boxes[:0],
+                                 [None] * len(kept), [None] * len(kept), [None] * len(kept),
+                                 [a.id for a in kept], [a.category for a in kept])
+    timings["masks"] += time.perf_counter() - t0
+    return out
+
+
+class Ingestor:
+    """Runs ingest over files with one loaded model into one home. Reusable across calls."""
+
+    def __init__(self, home: Home, model: LoadedModel, options: IngestOptions):
+        if options.prompts not in PROMPT_MODES:
+            raise InputError(f"--prompts must be one of {', '.join(PROMPT_MODES)}, not {options.prompts!r}")
+        if options.prompts in ("boxes", "masks") and options.annotations is None:
+            raise InputError(f"--prompts {options.prompts} needs --annotations FILE (COCO JSON)")
+        self.home = home
+        self.model = model
+        self.options = options
+        self.settings_hash = options.settings_hash(model)
+        self.coco: CocoAnnotations | None = None
+        if options.annotations is not None:
+            try:
+                self.coco = load_coco(Path(options.annotations))
+            except AnnotationError as exc:
+                raise InputError(str(exc)) from exc
+        self.space = EmbeddingSpace(model.name, model.checkpoint_sha256, RECIPE,
+                                    int(model.sam.image_encoder.neck[0].out_channels))
+        home.claim_embedding_space(self.space)
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+    def start_run(self, inputs: Sequence[str]) -> int:
+        with self.home.db.session() as s:
+            run = Run(kind="ingest", settings={
+                "inputs": [str(i) for i in inputs], "dataset": self.options.dataset,
+                "prompts": self.options.prompts,
+                "annotations": str(self.options.annotations) if self.options.annotations else None,
+                "model": self.model.name, "model_key": self.model.key, "device": str(self.model.device),
+                "amg": self.options.amg.as_dict(), "settings_hash": self.settings_hash, "recipe": RECIPE,
+            })
+            s.add(run)
+            s.flush()
+            return run.id
+
+    def finish_run(self, summary: IngestSummary, status: str = "done") -> None:
+        with self.home.db.session() as s:
+            run = s.get(Run, summary.run_id)
+            run.status = status
+            run.finished_at = utcnow()
+            counts = summary.as_dict()
+            counts["failures"] = counts["failures"][:1000]
+            run.counts = counts
+
+    def _claim_image(self, content_hash: str, path: Path, size: int, run_id: int) -> tuple[int, bool, bool]:
+        """Create or fetch the image row and mark it running. Returns (image_id, already_done,
+        needs_cleanup) — cleanup when an earlier attempt may have left vectors behind."""
+        with self.home.db.session() as s:
+            img = s.execute(select(Image).where(Image.content_hash == content_hash)).scalar()
+            if img is None:
+                img = Image(content_hash=content_hash, path=str(path), file_size=size,
+                            dataset=self.options.dataset, status=ImageStatus.running.value, run_id=run_id,
+                            attempts=1)
+                s.add(img)
+                s.flush()
+                return img.id, False, False
+            done = s.execute(select(Ingestion.id).where(
+                Ingestion.image_id == img.id, Ingestion.settings_hash == self.settings_hash)).first()
+            if done is not None:
+                return img.id, True, False
+            img.status = ImageStatus.running.value
+            img.attempts += 1
+            img.run_id = run_id
+            if not Path(img.path).exists():
+                img.path = str(path)  # the file moved: remember where it is now
+            return img.id, False, True
+
+    def _mark_failed(self, image_id: int | None, path: Path, content_hash: str | None, size: int | None,
+                     reason: str, run_id: int) -> None:
+        with self.home.db.session() as s:
+            img = s.get(Image, image_id) if image_id is not None else None
+            if img is None:
+                # Unreadable files have no content hash: key them by path so they are still listed.
+                key = content_hash or "path:" + hashlib.sha256(str(path).encode()).hexdigest()[:59]
+                img = s.execute(select(Image).where(Image.content_hash == key)).scalar()
+                if img is None:
+                    img = Image(content_hash=key, path=str(path), file_size=size,
+                                dataset=self.options.dataset, attempts=1)
+                    s.add(img)
+            if img.status != ImageStatus.done.value:
+                img.status = ImageStatus.failed.value
+            img.error = reason
+            img.run_id = run_id
+
+    # -- the per-image work ----------------------------------------------------------------------
+    def ingest_one(self, path: Path, run_id: int, summary: IngestSummary, timings: dict[str, float]) -> None:
+        summary.images_seen += 1
+        t0 = time.perf_counter()
+        try:
+            data, content_hash = read_bytes_and_hash(path)
+        except ImageLoadError as exc:
+            self._fail(summary, None, path, None, None, exc.reason, run_id)
+            return
+        image_id, done, cleanup = self._claim_image(content_hash, path, len(data), run_id)
+        if done:
+            summary.images_skipped += 1
+            return
+        try:
+            rgb = decode_image(data, path, self.options.max_pixels)
+        except ImageLoadError as exc:
+            self._fail(summary, image_id, path, content_hash, len(data), exc.reason, run_id)
+            return
+        timings["decode"] += time.perf_counter() - t0
+
+        annotated = None
+        if self.coco is not None:
+            annotated = self.coco.find_image(path)
+            if annotated is None:
+                summary.images_without_annotations += 1
+            elif (annotated.height, annotated.width) != rgb.shape[:2] and annotated.height and annotated.width:
+                self._fail(summary, image_id, path, content_hash, len(data),
+                           f"size {rgb.shape[1]}x{rgb.shape[0]} differs from the annotations' "
+                           f"{annotated.width}x{annotated.height} in {self.coco.path}", run_id)
+                return
+
+        try:
+            t0 = time.perf_counter()
+            enc = encode_image(self.model.sam, rgb)
+            _sync(self.model)
+            timings["encode"] += time.perf_counter() - t0
+            seg = segment_image(self.model, enc, self.options, annotated, timings)
+            t0 = time.perf_counter()
+            vectors, valid = pool_mask_embeddings(seg.masks, enc)
+            vectors_np = vectors.cpu().numpy().astype(np.float32)
+            valid_np = valid.cpu().numpy()
+            masks_np = seg.masks.cpu().numpy()
+            timings["pooling"] += time.perf_counter() - t0
+        except ValueError as exc:  # malformed annotation geometry for this image
+            self._fail(summary, image_id, path, content_hash, len(data), str(exc), run_id)
+            return
+
+        rows, payloads, ids = self._segment_rows(seg, masks_np, valid_np, image_id, content_hash, timings)
+        summary.empty_masks_dropped += int((~valid_np).sum())
+        vectors_np = vectors_np[valid_np]
+
+        t0 = time.perf_counter()
+        flt = Filter.of(Match("image_hash", content_hash), Match("settings_hash", self.settings_hash))
+        if cleanup:
+            self.home.vectors.delete_by_filter(SEGMENTS, flt)  # leftovers of a crashed attempt
+        if ids:
+            self.home.vectors.upsert(SEGMENTS, ids, vectors_np, payloads)
+        timings["vectors"] += time.perf_counter() - t0
+        _fault("after_vectors")
+
+        t0 = time.perf_counter()
+        with self.home.db.session() as s:
+            # Rows from an interrupted attempt cannot exist (they commit together with the marker),
+            # but a different-length retry must not collide: clear this image+settings first.
+            s.execute(delete(Segment).where(Segment.image_id == image_id,
+                                            Segment.settings_hash == self.settings_hash))
+            if rows:
+                s.execute(insert(Segment), rows)
+            s.add(Ingestion(image_id=image_id, settings_hash=self.settings_hash, run_id=run_id,
+                            n_segments=len(rows)))
+            img = s.get(Image, image_id)
+            img.status = ImageStatus.done.value
+            img.error = None
+            img.width, img.height = int(rgb.shape[1]), int(rgb.shape[0])
+            img.lease_owner = None
+            img.lease_expires_at = None
+        timings["sql"] += time.perf_counter() - t0
+        summary.images_ingested += 1
+        summary.segments += len(rows)
+
+    def _fail(self, summary, image_id, path, content_hash, size, reason, run_id) -> None:
+        summary.images_failed += 1
+        summary.failures.append(Failure(str(path), reason))
+        self._mark_failed(image_id, path, content_hash, size, reason, run_id)
+
+    def _segment_rows(self, seg: SegmentedImage, masks_np: np.ndarray, valid: np.ndarray, image_id: int,
+                      content_hash: str, timings: dict[str, float]):
+        t0 = time.perf_counter()
+        keep = np.flatnonzero(valid)
+        rles = masks_to_rles(masks_np[keep]) if len(keep) else []
+        areas = masks_np[keep].sum(axis=(1, 2)) if len(keep) else []
+        h, w = masks_np.shape[1:] if masks_np.ndim == 3 else (0, 0)
+        rows, payloads, ids = [], [], []
+        source = SOURCE_OF_MODE[self.options.prompts]
+        for j, i in enumerate(keep):
+            box = _mask_box_xywh(masks_np[i])
+            sid = segment_id(content_hash, self.settings_hash, int(i))
+            ids.append(sid)
+            rows.append({
+                "id": sid, "image_id": image_id, "settings_hash": self.settings_hash,
+                "segment_index": int(i), "source": source, "model_key": self.model.key,
+                "rle_counts": rles[j]["counts"], "height": int(h), "width": int(w),
+                "bbox_x": box[0], "bbox_y": box[1], "bbox_w": box[2], "bbox_h": box[3],
+                "area": int(areas[j]), "predicted_iou": seg.predicted_iou[i],
+                "stability_score": seg.stability_score[i], "prompt": seg.prompts[i],
+                "annotation_id": seg.annotation_ids[i], "annotation_category": seg.categories[i],
+                "created_at": utcnow(),
+            })
+            payloads.append({
+                "image_id": image_id, "image_hash": content_hash, "dataset": self.options.dataset,
+                "settings_hash": self.settings_hash, "source": source, "area": int(areas[j]),
+            })
+        timings["rle"] += time.perf_counter() - t0
+        return rows, payloads, ids
+
+    def run(self, inputs: Sequence[str | Path], progress: bool = True,
+            on_image: Callable[[Path], None] | None = None) -> IngestSummary:
+        try:
+            paths = collect_image_paths(inputs)
+        except FileNotFoundError as exc:
+            raise InputError(str(exc)) from exc
+        run_id = self.start_run([str(i) for i in inputs])
+        summary = IngestSummary(run_id=run_id)
+        timings = {k: 0.0 for k in ("decode", "encode", "masks", "pooling", "rle", "vectors", "sql")}
+        started = time.perf_counter()
+        status = "interrupted"
+        try:
+            from tqdm import tqdm
+
+            for path in tqdm(paths, desc="ingest", unit="img", disable=not progress):
+                self.ingest_one(path, run_id, summary, timings)
+                if on_image is not None:
+                    on_image(path)
+            status = "done"
+        finally:
+            summary.seconds = time.perf_counter() - started
+            summary.stage_seconds = {k: round(v, 4) for k, v in timings.items()}
+            self.finish_run(summary, status)
+        return summary
+
+
+def _sync(model: LoadedModel) -> None:
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+
+
+def _mask_box_xywh(mask: np.ndarray) -> list[float]:
+    ys = np.flatnonzero(mask.any(axis=1))
+    xs = np.flatnonzero(mask.any(axis=0))
+    if len(xs) == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    return [float(xs[0]), float(ys[0]), float(xs[-1] - xs[0] + 1), float(ys[-1] - ys[0] + 1)]
+
+
+def ingest(home: Home, inputs: Sequence[str | Path], model: LoadedModel,
+           options: IngestOptions | None = None, progress: bool = True) -> IngestSummary:
+    """Library entry point: ingest files/folders/globs into ``home`` with ``model``."""
+    return Ingestor(home, model, options or IngestOptions()).run(inputs, progress=progress)

@@ -1,0 +1,54 @@
+"""Counts over a home: images per dataset and status, segments per dataset and model, failures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from samsearch.db import Image, Run, Segment
+from samsearch.home import SEGMENTS, Home
+
+
+def collect_stats(home: Home, max_failures: int = 50) -> dict[str, Any]:
+    with home.db.session() as s:
+        by_dataset: dict[str, dict[str, Any]] = {}
+        for dataset, status, n in s.execute(
+            select(Image.dataset, Image.status, func.count()).group_by(Image.dataset, Image.status)
+        ):
+            entry = by_dataset.setdefault(dataset, {"images": 0, "segments": 0, "by_status": {}})
+            entry["images"] += n
+            entry["by_status"][status] = n
+        for dataset, n in s.execute(
+            select(Image.dataset, func.count(Segment.id)).join(Segment, Segment.image_id == Image.id)
+            .group_by(Image.dataset)
+        ):
+            by_dataset.setdefault(dataset, {"images": 0, "segments": 0, "by_status": {}})["segments"] = n
+        by_model = {k: n for k, n in s.execute(select(Segment.model_key, func.count()).group_by(Segment.model_key))}
+        failures = [
+            {"path": p, "error": e}
+            for p, e in s.execute(
+                select(Image.path, Image.error).where(Image.status == "failed").order_by(Image.path)
+                .limit(max_failures)
+            )
+        ]
+        n_failed = s.scalar(select(func.count()).select_from(Image).where(Image.status == "failed"))
+        n_images = s.scalar(select(func.count()).select_from(Image))
+        n_segments = s.scalar(select(func.count()).select_from(Segment))
+        n_runs = s.scalar(select(func.count()).select_from(Run))
+    space = home.embedding_space()
+    vectors = home.vectors.count(SEGMENTS) if home.vectors.has_collection(SEGMENTS) else 0
+    return {
+        "home": str(home.root),
+        "database": home.db.safe_url,
+        "vector_store": home.qdrant_url or "qdrant-edge",
+        "embedding_space": space.__dict__ if space else None,
+        "images": n_images,
+        "segments": n_segments,
+        "vectors": vectors,
+        "runs": n_runs,
+        "failed_images": n_failed,
+        "datasets": dict(sorted(by_dataset.items())),
+        "models": by_model,
+        "failures": failures,
+    }

@@ -1,0 +1,48 @@
+"""Vector stores: Qdrant Edge in-process (default) or a Qdrant server; both behind :class:`VectorStore`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from samsearch.vectors.base import (
+    FLOAT_FIELDS,
+    INTEGER_FIELDS,
+    KEYWORD_FIELDS,
+    Filter,
+    Hit,
+    IsNull,
+    Match,
+    Range,
+    Record,
+    VectorStore,
+    VectorStoreError,
+)
+
+__all__ = [
+    "FLOAT_FIELDS",
+    "INTEGER_FIELDS",
+    "KEYWORD_FIELDS",
+    "Filter",
+    "Hit",
+    "IsNull",
+    "Match",
+    "Range",
+    "Record",
+    "VectorStore",
+    "VectorStoreError",
+    "open_vector_store",
+]
+
+
+def open_vector_store(root: Path, url: str | None = None, api_key: str | None = None) -> VectorStore:
+    """``url`` None: Qdrant Edge shards under ``root``; ``":memory:"``: qdrant-client's local mode
+    (tests); anything else: the Qdrant server at ``url``. Backends are imported on demand."""
+    if url is None:
+        from samsearch.vectors.edge import EdgeVectorStore
+
+        return EdgeVectorStore(Path(root))
+    from samsearch.vectors.server import ServerVectorStore
+
+    if url == ":memory:":
+        return ServerVectorStore(location=":memory:")
+    return ServerVectorStore(url, api_key=api_key)

@@ -1,0 +1,366 @@
+"""Qdrant server backend through ``qdrant-client`` (REST); ``location=":memory:"`` runs qdrant-client's
+local mode, which stands in for a server in tests (it ignores payload indexes and quantization).
+
+Writes use ``wait=True``: when a call returns, the server has applied it and written its WAL.
+Every failure surfaces as a one-line :class:`VectorStoreError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import httpx
+import numpy as np
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from samsearch.vectors.base import (
+    FLOAT_FIELDS,
+    INTEGER_FIELDS,
+    KEYWORD_FIELDS,
+    Filter,
+    Hit,
+    IsNull,
+    Match,
+    Range,
+    Record,
+    VectorStoreError,
+    in_order,
+    plain_payload,
+    plain_value,
+    unit_rows,
+)
+
+UPSERT_BATCH = 512  # points per request: ~1.3 MB of JSON at 256-d
+SET_PAYLOAD_BATCH = 10_000  # ids per request
+_SCHEMAS = {
+    **{f: models.PayloadSchemaType.KEYWORD for f in KEYWORD_FIELDS},
+    **{f: models.PayloadSchemaType.INTEGER for f in INTEGER_FIELDS},
+    **{f: models.PayloadSchemaType.FLOAT for f in FLOAT_FIELDS},
+}
+
+
+def _condition(c: Match | Range | IsNull) -> models.Condition:
+    if isinstance(c, Match):
+        value = c.value
+        if isinstance(value, (list, tuple, set, frozenset)):
+            values = [plain_value(v) for v in value]
+            if any(isinstance(v, float) for v in values):
+                raise VectorStoreError(f"Match on {c.field!r}: a list of floats cannot be matched; use Range")
+            return models.FieldCondition(key=c.field, match=models.MatchAny(any=values))
+        value = plain_value(value)
+        if isinstance(value, float):  # exact float equality has no keyword/integer match in Qdrant
+            return models.FieldCondition(key=c.field, range=models.Range(gte=value, lte=value))
+        return models.FieldCondition(key=c.field, match=models.MatchValue(value=value))
+    if isinstance(c, Range):
+        return models.FieldCondition(key=c.field, range=models.Range(gte=c.gte, lte=c.lte))
+    if isinstance(c, IsNull):
+        # Qdrant's is_null needs an explicit null; is_empty also matches a missing key.
+        return models.IsEmptyCondition(is_empty=models.PayloadField(key=c.field))
+    raise VectorStoreError(f"unsupported filter condition {c!r}")
+
+
+def to_qdrant_filter(flt: Filter | None) -> models.Filter | None:
+    if flt is None or (not flt.must and not flt.must_not):
+        return None
+    return models.Filter(
+        must=[_condition(c) for c in flt.must] or None,
+        must_not=[_condition(c) for c in flt.must_not] or None,
+    )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class ServerVectorStore:
+    """Collections on a Qdrant server (``url``), or in qdrant-client's local mode (``location``).
+
+    ``shard_number``/``replication_factor``/``on_disk`` apply when a collection is created;
+    ``quantization`` creates it with int8 scalar quantization and rescores with the original vectors
+    at search time. ``timeout`` is the per-request limit in seconds.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        location: str | None = None,
+        api_key: str | None = None,
+        shard_number: int | None = None,
+        replication_factor: int | None = None,
+        on_disk: bool = False,
+        quantization: bool = False,
+        timeout: int = 30,
+    ) -> None:
+        if (url is None) == (location is None):
+            raise VectorStoreError("ServerVectorStore needs exactly one of url or location")
+        self.where = url or location or ""
+        self.api_key = api_key
+        self.shard_number = shard_number
+        self.replication_factor = replication_factor
+        self.on_disk = on_disk
+        self.quantization = quantization
+        self.local = location is not None and not location.startswith(("http://", "https://"))
+        # Local mode is plain Python state: serialise it. A real client is thread-safe on its own.
+        self._lock: contextlib.AbstractContextManager[Any] = (
+            threading.RLock() if self.local else contextlib.nullcontext()
+        )
+        self._dims: dict[str, int] = {}
+        with self._errors("connect"):
+            if self.local:
+                self._client = QdrantClient(location=location)
+            else:
+                # check_compatibility=False: its own probe only warns; ours below fails clearly.
+                self._client = QdrantClient(
+                    url=url, api_key=api_key, timeout=timeout, check_compatibility=False
+                )
+            self._client.get_collections()  # reachability + auth, up front
+
+    # -- errors ------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _errors(self, what: str, name: str | None = None) -> Iterator[None]:
+        try:
+            yield
+        except VectorStoreError:
+            raise
+        except (ResponseHandlingException, httpx.TransportError) as exc:
+            reason = _one_line(str(getattr(exc, "source", exc))) or type(exc).__name__
+            raise VectorStoreError(
+                f"cannot reach Qdrant at {self.where}: {reason} "
+                "(set SAMSEARCH_QDRANT_URL or start the server)"
+            ) from exc
+        except UnexpectedResponse as exc:
+            raise VectorStoreError(self._http_error(exc, what, name)) from exc
+        except Exception as exc:  # local mode raises ValueError & co.
+            target = f" on collection {name!r}" if name else ""
+            msg = _one_line(str(exc)) or type(exc).__name__
+            if name and msg == f"Collection {name} not found":
+                raise VectorStoreError(
+                    f"Qdrant at {self.where}: no collection {name!r} (ensure_collection creates it)"
+                ) from exc
+            raise VectorStoreError(f"Qdrant at {self.where}: {what}{target} failed: {msg}") from exc
+
+    def _http_error(self, exc: UnexpectedResponse, what: str, name: str | None) -> str:
+        if exc.status_code in (401, 403):
+            if self.api_key is None:
+                return (
+                    f"Qdrant at {self.where} refused the request: an API key is required "
+                    "(set SAMSEARCH_QDRANT_API_KEY)"
+                )
+            return f"Qdrant at {self.where} refused the API key (check SAMSEARCH_QDRANT_API_KEY)"
+        detail = ""
+        with contextlib.suppress(Exception):  # not JSON: not a Qdrant answer
+            detail = _one_line(str(exc.structured().get("status", {}).get("error", "")))
+        if not detail:
+            return (
+                f"cannot reach Qdrant at {self.where}: HTTP {exc.status_code} {exc.reason_phrase} from "
+                "something that is not a Qdrant server (set SAMSEARCH_QDRANT_URL or start the server)"
+            )
+        if exc.status_code == 404 and name is not None:
+            return f"Qdrant at {self.where}: no collection {name!r} (ensure_collection creates it): {detail}"
+        target = f" on collection {name!r}" if name else ""
+        return f"Qdrant at {self.where}: {what}{target} failed: HTTP {exc.status_code}: {detail}"
+
+    # -- collections -------------------------------------------------------------------------------
+    def ensure_collection(self, name: str, dim: int) -> None:
+        with self._lock, self._errors("ensure_collection", name):
+            if not self._client.collection_exists(name):
+                try:
+                    self._create(name, dim)
+                except UnexpectedResponse as exc:
+                    if exc.status_code != 409:  # 409: another client created it meanwhile
+                        raise
+            info = self._client.get_collection(name)
+            params = info.config.params.vectors
+            if not isinstance(params, models.VectorParams) or params.size != dim or (
+                params.distance != models.Distance.COSINE
+            ):
+                held = (
+                    f"{params.size}-d {params.distance.value.lower()}"
+                    if isinstance(params, models.VectorParams) else "named vectors"
+                )
+                raise VectorStoreError(
+                    f"collection {name!r} at Qdrant {self.where} holds {held} vectors, not {dim}-d cosine "
+                    "(use another collection/server, or drop it)"
+                )
+            if not self.local:  # local mode ignores payload indexes (and warns about them)
+                for field_name, schema in _SCHEMAS.items():
+                    if field_name not in (info.payload_schema or {}):
+                        self._client.create_payload_index(name, field_name, field_schema=schema, wait=True)
+            self._dims[name] = dim
+
+    def _create(self, name: str, dim: int) -> None:
+        quantization = (
+            models.ScalarQuantization(
+                scalar=models.ScalarQuantizationConfig(
+                    type=models.ScalarType.INT8, quantile=0.99, always_ram=True
+                )
+            )
+            if self.quantization
+            else None
+        )
+        self._client.create_collection(
+            name,
+            vectors_config=models.VectorParams(
+                size=dim, distance=models.Distance.COSINE, on_disk=self.on_disk or None
+            ),
+            shard_number=self.shard_number,
+            replication_factor=self.replication_factor,
+            on_disk_payload=self.on_disk or None,
+            quantization_config=quantization,
+        )
+
+    def has_collection(self, name: str) -> bool:
+        with self._lock, self._errors("has_collection", name):
+            return bool(self._client.collection_exists(name))
+
+    def drop_collection(self, name: str) -> None:
+        with self._lock, self._errors("drop_collection", name):
+            self._client.delete_collection(name)
+            self._dims.pop(name, None)
+
+    def _dim(self, name: str) -> int:
+        if name not in self._dims:
+            with self._lock, self._errors("get_collection", name):
+                params = self._client.get_collection(name).config.params.vectors
+            if not isinstance(params, models.VectorParams):
+                raise VectorStoreError(f"collection {name!r} at Qdrant {self.where} has named vectors")
+            self._dims[name] = params.size
+        return self._dims[name]
+
+    # -- writes ------------------------------------------------------------------------------------
+    def upsert(
+        self, name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+    ) -> None:
+        if len(ids) != len(payloads) or len(ids) != len(vectors):
+            raise VectorStoreError(
+                f"upsert: {len(ids)} ids, {len(vectors)} vectors and {len(payloads)} payloads differ"
+            )
+        if not len(ids):
+            return
+        x = unit_rows(vectors, self._dim(name))
+        for start in range(0, len(ids), UPSERT_BATCH):
+            end = start + UPSERT_BATCH
+            batch = models.Batch(
+                ids=[str(i) for i in ids[start:end]],
+                vectors=x[start:end].tolist(),
+                payloads=[plain_payload(p) for p in payloads[start:end]],
+            )
+            with self._lock, self._errors("upsert", name):
+                self._client.upsert(name, points=batch, wait=True)
+
+    def delete(self, name: str, ids: Sequence[str]) -> None:
+        if not len(ids):
+            return
+        selector = models.PointIdsList(points=[str(i) for i in ids])
+        with self._lock, self._errors("delete", name):
+            self._client.delete(name, points_selector=selector, wait=True)
+
+    def delete_by_filter(self, name: str, flt: Filter) -> None:
+        qflt = to_qdrant_filter(flt)
+        if qflt is None:
+            raise VectorStoreError("delete_by_filter needs a non-empty filter (drop_collection deletes all)")
+        with self._lock, self._errors("delete", name):
+            self._client.delete(name, points_selector=models.FilterSelector(filter=qflt), wait=True)
+
+    def set_payload(self, name: str, ids: Sequence[str], payload: dict[str, Any]) -> None:
+        if not len(ids) or not payload:
+            return
+        payload = plain_payload(payload)
+        for start in range(0, len(ids), SET_PAYLOAD_BATCH):
+            # By id filter: ids that do not exist are skipped rather than failing the request.
+            chunk = [str(i) for i in ids[start : start + SET_PAYLOAD_BATCH]]
+            selector = models.Filter(must=[models.HasIdCondition(has_id=chunk)])
+            with self._lock, self._errors("set_payload", name):
+                self._client.set_payload(name, payload=payload, points=selector, wait=True)
+
+    # -- reads -------------------------------------------------------------------------------------
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
+        if not len(ids):
+            return []
+        with self._lock, self._errors("retrieve", name):
+            found = self._client.retrieve(
+                name, ids=[str(i) for i in ids], with_payload=True, with_vectors=with_vectors
+            )
+        return in_order(ids, {str(r.id): _record(r, with_vectors) for r in found})
+
+    def _params(self, exact: bool) -> models.SearchParams | None:
+        if self.local:  # local mode is always exact, and warns about any search params
+            return None
+        if self.quantization:
+            q = models.QuantizationSearchParams(ignore=True) if exact else models.QuantizationSearchParams(
+                rescore=True, oversampling=2.0
+            )
+            return models.SearchParams(exact=exact, quantization=q)
+        return models.SearchParams(exact=True) if exact else None
+
+    def search(
+        self,
+        name: str,
+        vector: np.ndarray,
+        k: int = 10,
+        flt: Filter | None = None,
+        min_score: float | None = None,
+        exact: bool = False,
+    ) -> list[Hit]:
+        q = unit_rows(vector, self._dim(name))[0].tolist()
+        with self._lock, self._errors("search", name):
+            res = self._client.query_points(
+                name, query=q, limit=int(k), query_filter=to_qdrant_filter(flt), score_threshold=min_score,
+                with_payload=True, search_params=self._params(exact),
+            )
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in res.points]
+
+    def search_batch(
+        self, name: str, vectors: np.ndarray, k: int = 10, flt: Filter | None = None
+    ) -> list[list[Hit]]:
+        x = unit_rows(vectors, self._dim(name))
+        if not len(x):
+            return []
+        qflt = to_qdrant_filter(flt)
+        requests = [
+            models.QueryRequest(
+                query=row, limit=int(k), filter=qflt, with_payload=True, params=self._params(False)
+            )
+            for row in x.tolist()
+        ]
+        with self._lock, self._errors("search", name):
+            responses = self._client.query_batch_points(name, requests=requests)
+        return [[Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in r.points] for r in responses]
+
+    def scroll(
+        self,
+        name: str,
+        flt: Filter | None = None,
+        batch_size: int = 1024,
+        with_vectors: bool = False,
+    ) -> Iterator[list[Record]]:
+        qflt = to_qdrant_filter(flt)
+        offset: Any = None
+        while True:
+            with self._lock, self._errors("scroll", name):
+                records, offset = self._client.scroll(
+                    name, scroll_filter=qflt, limit=batch_size, offset=offset, with_payload=True,
+                    with_vectors=with_vectors,
+                )
+            if records:
+                yield [_record(r, with_vectors) for r in records]
+            if offset is None:
+                return
+
+    def count(self, name: str, flt: Filter | None = None) -> int:
+        with self._lock, self._errors("count", name):
+            return int(self._client.count(name, count_filter=to_qdrant_filter(flt), exact=True).count)
+
+    def close(self) -> None:
+        with self._lock, self._errors("close"):
+            self._client.close()
+
+
+def _record(r: Any, with_vectors: bool) -> Record:
+    vec = np.asarray(r.vector, dtype=np.float32) if with_vectors and r.vector is not None else None
+    return Record(str(r.id), dict(r.payload or {}), vec)

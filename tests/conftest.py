@@ -1,0 +1,80 @@
+"""Shared fixtures: real SQLite and Postgres databases, both vector backends, tiny-random SAM,
+and synthetic labeled images."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+PG_ADMIN = os.environ.get("SAMSEARCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _pg_schema_url(schema: str) -> str:
+    base = PG_ADMIN.replace("postgresql://", "postgresql+psycopg://", 1)
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh Postgres schema per test (the real server on 127.0.0.1), dropped afterwards."""
+    schema = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield _pg_schema_url(schema)
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'meta.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(params=["sqlite+edge", "postgres+server"])
+def home(request, tmp_path):
+    """A home on SQLite + Qdrant Edge, and one on Postgres + qdrant-client (":memory:" server API)."""
+    from samsearch.home import Home
+
+    if request.param == "sqlite+edge":
+        h = Home(tmp_path / "home", database_url=f"sqlite:///{tmp_path / 'home' / 'samsearch.db'}")
+    else:
+        h = Home(tmp_path / "home", database_url=request.getfixturevalue("pg_url"), qdrant_url=":memory:")
+    yield h
+    h.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from samsearch.models import load_model
+
+    return load_model("tiny-random", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory) -> object:
+    """24 synthetic images (256×192) with 2–4 coloured/textured objects each, and their COCO file."""
+    from samsearch.synthetic import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("shapes"), n_images=24, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    """Tests never touch the user's home or cache, whatever the environment says."""
+    for var in ("SAMSEARCH_HOME", "SAMSEARCH_DATABASE_URL", "SAMSEARCH_QDRANT_URL", "SAMSEARCH_QDRANT_API_KEY",
+                "SAMSEARCH_FAULT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SAMSEARCH_CACHE", str(tmp_path / "cache"))
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
