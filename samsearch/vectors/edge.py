@@ -59,6 +59,13 @@ class _Collection:
     shard: qe.EdgeShard
     dim: int
     since_optimize: int  # points written since the last optimize (upper bound of unindexed ones)
+    size_at_optimize: int  # points in the shard after the last optimize
+
+    def wants_optimize(self, threshold: int) -> bool:
+        # Each optimize may rebuild the HNSW of everything (Qdrant merges the new segment into the
+        # indexed one), so past 10x the threshold wait for 10% new points: total build work stays
+        # ~linear in the collection size, and at most ~10% of it is searched brute force.
+        return threshold > 0 and self.since_optimize >= max(threshold, self.size_at_optimize // 10)
 
 
 def _index_schemas() -> dict[str, Any]:
@@ -219,7 +226,8 @@ class EdgeVectorStore:
                     shard.update(qe.UpdateOperation.create_field_index(field_name, schema))
                 if missing:
                     shard.flush()
-            coll = _Collection(shard, dim, max(0, info.points_count - info.indexed_vectors_count))
+            unindexed = max(0, info.points_count - info.indexed_vectors_count)
+            coll = _Collection(shard, dim, unindexed, info.points_count - unindexed)
             self._open[name] = coll
             return coll
 
@@ -250,7 +258,7 @@ class EdgeVectorStore:
             coll = self._get(name)
             self._write(name, coll, qe.UpdateOperation.upsert_points(points), "upsert")
             coll.since_optimize += len(points)
-            if self.index_threshold and coll.since_optimize >= self.index_threshold:
+            if coll.wants_optimize(self.index_threshold):
                 self._optimize(name, coll)
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
@@ -280,6 +288,7 @@ class EdgeVectorStore:
     def _optimize(self, name: str, coll: _Collection) -> None:
         with self._errors("optimize", name):
             coll.shard.optimize()
+            coll.size_at_optimize = coll.shard.info().points_count
         coll.since_optimize = 0
 
     def optimize(self, name: str) -> None:
