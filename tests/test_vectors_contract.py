@@ -5,6 +5,8 @@ Expected results come from numpy brute force and from a plain-Python reading of 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -32,16 +34,32 @@ DIM = 32
 COLL = "segments"
 
 
-@pytest.fixture(params=["edge", "server"])
-def store(request, tmp_path):
-    s: VectorStore
-    if request.param == "edge":
-        s = EdgeVectorStore(tmp_path / "vectors")
-    else:
-        s = ServerVectorStore(location=":memory:")
+@pytest.fixture(scope="module", params=["edge", "server"])
+def backend(request, tmp_path_factory):
+    """One store per backend for the module: creating an Edge shard and its payload indexes costs
+    a dozen fsyncs. fsync=False too (the WAL still makes writes crash-safe): per-write flushes only
+    matter after a power cut, and they dominate this file's time on a busy disk. The reopen test
+    below uses the default fsync=True."""
+    make = {
+        "edge": lambda: EdgeVectorStore(tmp_path_factory.mktemp("edge") / "vectors", fsync=False),
+        "server": lambda: ServerVectorStore(location=":memory:"),
+    }
+    s: VectorStore = make[request.param]()
     s.ensure_collection(COLL, DIM)
     yield s
     s.close()
+
+
+@pytest.fixture
+def store(backend):
+    """The module's store, with an empty COLL."""
+    if isinstance(backend, ServerVectorStore):  # local mode keeps deleted points around and scans them
+        backend.drop_collection(COLL)
+        backend.ensure_collection(COLL, DIM)
+    else:
+        backend.delete(COLL, [r.id for batch in backend.scroll(COLL) for r in batch])
+    assert backend.count(COLL) == 0
+    return backend
 
 
 # -- data ----------------------------------------------------------------------------------------------
@@ -303,6 +321,28 @@ def test_count_with_and_without_filter(filled):
     assert store.count(COLL, Filter.of(Match("dataset", "b"))) == sum(p["dataset"] == "b" for p in payloads)
 
 
+def test_writer_thread_and_reader_thread(store):
+    rng = np.random.default_rng(7)
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for _ in range(20):
+                store.upsert(COLL, new_ids(50), unit(rng, 50), [{"image_id": 1}] * 50)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    q = unit(np.random.default_rng(8), 1)[0]
+    while t.is_alive():
+        store.search(COLL, q, k=5)
+        store.count(COLL)
+    t.join()
+    assert not errors
+    assert store.count(COLL) == 1000
+
+
 def test_empty_inputs_are_no_ops(store):
     store.upsert(COLL, [], np.zeros((0, DIM), np.float32), [])
     store.delete(COLL, [])
@@ -348,22 +388,39 @@ def test_edge_survives_close_and_reopen(tmp_path):
     s.close()
 
 
-def test_edge_second_store_on_same_root_is_refused(tmp_path):
-    a = EdgeVectorStore(tmp_path / "vectors")
-    a.ensure_collection(COLL, DIM)
-    b = EdgeVectorStore(tmp_path / "vectors")
+def test_edge_wal_keeps_unflushed_writes_across_a_crash(tmp_path):
+    """fsync=False: a write is in Edge's WAL when upsert returns; a killed process loses nothing."""
+    code = f"""
+import os, uuid, numpy as np
+from samsearch.vectors.edge import EdgeVectorStore
+s = EdgeVectorStore({str(tmp_path / "vectors")!r}, fsync=False)
+s.ensure_collection({COLL!r}, {DIM})
+ids = [str(uuid.UUID(int=i + 1)) for i in range(100)]
+s.upsert({COLL!r}, ids, np.ones((100, {DIM}), np.float32), [{{"image_id": i}} for i in range(100)])
+s.set_payload({COLL!r}, ids[:10], {{"label": "cat"}})
+os._exit(3)  # no close(), no flush
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 3
+    s = EdgeVectorStore(tmp_path / "vectors")
+    assert s.count(COLL) == 100
+    assert s.count(COLL, Filter.of(Match("label", "cat"))) == 10
+    s.close()
+
+
+@pytest.mark.parametrize("backend", ["edge"], indirect=True)
+def test_edge_second_store_on_same_root_is_refused(store):
+    other = EdgeVectorStore(store.root)
     with pytest.raises(VectorStoreError, match="in use") as err:
-        b.count(COLL)
+        other.count(COLL)
     assert "\n" not in str(err.value)
-    a.close()
-    assert b.count(COLL) == 0
-    b.close()
+    other.close()
 
 
 def test_edge_hnsw_index_keeps_results_right(tmp_path):
     """A small index_threshold makes upsert build HNSW; searches and filters stay correct."""
     rng = np.random.default_rng(6)
-    s = EdgeVectorStore(tmp_path / "vectors", index_threshold=600)
+    s = EdgeVectorStore(tmp_path / "vectors", index_threshold=600, fsync=False)
     s.ensure_collection(COLL, DIM)
     ids, x = new_ids(1500), unit(rng, 1500)
     for start in range(0, 1500, 500):
@@ -377,31 +434,6 @@ def test_edge_hnsw_index_keeps_results_right(tmp_path):
         hits = s.search(COLL, q, k=10, flt=Filter.of(Match("image_id", 3)))
         assert len(hits) == 10 and all(h.payload["image_id"] == 3 for h in hits)
     assert s.count(COLL) == 1500
-    s.close()
-
-
-def test_edge_writer_thread_and_reader_thread(tmp_path):
-    s = EdgeVectorStore(tmp_path / "vectors")
-    s.ensure_collection(COLL, DIM)
-    rng = np.random.default_rng(7)
-    errors: list[BaseException] = []
-
-    def writer() -> None:
-        try:
-            for _ in range(20):
-                s.upsert(COLL, new_ids(50), unit(rng, 50), [{"image_id": 1}] * 50)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    t = threading.Thread(target=writer)
-    t.start()
-    q = unit(np.random.default_rng(8), 1)[0]
-    while t.is_alive():
-        s.search(COLL, q, k=5)
-        s.count(COLL)
-    t.join()
-    assert not errors
-    assert s.count(COLL) == 1000
     s.close()
 
 

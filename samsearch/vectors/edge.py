@@ -6,14 +6,19 @@ WAL and segments, which is what survives a power cut or kernel crash. With ``fsy
 every write method flushes before it returns.
 
 Indexing: Edge runs no background optimizer, so a shard stays one brute-force segment until
-``optimize`` builds HNSW. This store runs it inside ``upsert`` once ``index_threshold`` points were
-written since the last run (and on demand through :meth:`EdgeVectorStore.optimize`). qdrant-edge 0.9.0
-holds the GIL while it works, so an optimize blocks every Python thread of the process (tens of
-seconds for ~100k×256 on 2 cores).
+``optimize`` builds HNSW. This store runs it inside ``upsert`` once ``index_threshold`` points (or 10%
+of the collection, whichever is more) were written since the last run, and on demand through
+:meth:`EdgeVectorStore.optimize`. qdrant-edge 0.9.0 holds the GIL during every call, optimize
+included, so an optimize blocks every Python thread of the process (seconds per 20k new 256-d
+points on 2 cores).
+
+Filtering: the payload fields of ``base`` get keyword/integer/float indexes without per-value HNSW
+links (those made optimize ~8x slower); selective filters are answered from the payload index, broad
+ones by HNSW with ACORN.
 
 Threads: one re-entrant lock serialises every call into Edge (the bindings hold the GIL anyway, so
-nothing is lost); building the points of a batch happens outside it. Only one process may open a
-shard directory at a time.
+nothing is lost); building the points of a batch happens outside it. Only one process (and one
+store) may open a shard directory at a time.
 """
 
 from __future__ import annotations
@@ -105,10 +110,13 @@ def _condition(c: Match | Range | IsNull) -> Any:
 def to_edge_filter(flt: Filter | None) -> qe.Filter | None:
     if flt is None or (not flt.must and not flt.must_not):
         return None
-    return qe.Filter(
-        must=[_condition(c) for c in flt.must] or None,
-        must_not=[_condition(c) for c in flt.must_not] or None,
-    )
+    try:
+        return qe.Filter(
+            must=[_condition(c) for c in flt.must] or None,
+            must_not=[_condition(c) for c in flt.must_not] or None,
+        )
+    except (TypeError, ValueError) as exc:  # e.g. a list mixing strings and integers
+        raise VectorStoreError(f"cannot express {flt} as a Qdrant filter: {_one_line(exc)}") from exc
 
 
 def _one_line(exc: BaseException) -> str:
@@ -120,8 +128,8 @@ class EdgeVectorStore:
 
     ``fsync``: flush to disk at the end of every write (survives power loss); False leaves durability
     to the WAL (survives a process crash) until ``flush()``/``close()``. ``index_threshold``: build
-    HNSW every this many written points (0 disables; then call ``optimize``). ``hnsw_ef``: search-time
-    beam width (None = Qdrant's default).
+    HNSW, inside ``upsert``, every this many written points or 10% of the collection if more (0
+    disables; then call ``optimize``). ``hnsw_ef``: search-time beam width (None = Qdrant's default).
     """
 
     def __init__(
@@ -220,12 +228,16 @@ class EdgeVectorStore:
                     shard = qe.EdgeShard.load(str(path), self._config(dim))
                 else:
                     shard = qe.EdgeShard.create(str(path), self._config(dim))
-                info = shard.info()
-                missing = {f: s for f, s in _index_schemas().items() if f not in info.payload_schema}
-                for field_name, schema in missing.items():
-                    shard.update(qe.UpdateOperation.create_field_index(field_name, schema))
-                if missing:
-                    shard.flush()
+                try:
+                    info = shard.info()
+                    missing = {f: s for f, s in _index_schemas().items() if f not in info.payload_schema}
+                    for field_name, schema in missing.items():
+                        shard.update(qe.UpdateOperation.create_field_index(field_name, schema))
+                    if missing:
+                        shard.flush()
+                except Exception:
+                    shard.close()  # release the directory lock, or a retry would find it taken
+                    raise
             unindexed = max(0, info.points_count - info.indexed_vectors_count)
             coll = _Collection(shard, dim, unindexed, info.points_count - unindexed)
             self._open[name] = coll
@@ -338,6 +350,8 @@ class EdgeVectorStore:
         min_score: float | None = None,
         exact: bool = False,
     ) -> list[Hit]:
+        if k <= 0:
+            return []
         with self._lock, self._errors("search", name):
             coll = self._get(name)
             req = self._request(coll, unit_rows(vector, coll.dim)[0], k, flt, min_score, exact)
@@ -347,6 +361,8 @@ class EdgeVectorStore:
     def search_batch(
         self, name: str, vectors: np.ndarray, k: int = 10, flt: Filter | None = None
     ) -> list[list[Hit]]:
+        if k <= 0:
+            return [[] for _ in range(len(np.atleast_2d(vectors)))]
         with self._lock, self._errors("search", name):
             coll = self._get(name)
             x = unit_rows(vectors, coll.dim)

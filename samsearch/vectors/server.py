@@ -66,10 +66,13 @@ def _condition(c: Match | Range | IsNull) -> models.Condition:
 def to_qdrant_filter(flt: Filter | None) -> models.Filter | None:
     if flt is None or (not flt.must and not flt.must_not):
         return None
-    return models.Filter(
-        must=[_condition(c) for c in flt.must] or None,
-        must_not=[_condition(c) for c in flt.must_not] or None,
-    )
+    try:
+        return models.Filter(
+            must=[_condition(c) for c in flt.must] or None,
+            must_not=[_condition(c) for c in flt.must_not] or None,
+        )
+    except (TypeError, ValueError) as exc:  # e.g. a list mixing strings and integers
+        raise VectorStoreError(f"cannot express {flt} as a Qdrant filter: {_one_line(str(exc))}") from exc
 
 
 def _one_line(text: str) -> str:
@@ -307,6 +310,8 @@ class ServerVectorStore:
         min_score: float | None = None,
         exact: bool = False,
     ) -> list[Hit]:
+        if k <= 0:
+            return []
         q = unit_rows(vector, self._dim(name))[0].tolist()
         with self._lock, self._errors("search", name):
             res = self._client.query_points(
@@ -318,6 +323,8 @@ class ServerVectorStore:
     def search_batch(
         self, name: str, vectors: np.ndarray, k: int = 10, flt: Filter | None = None
     ) -> list[list[Hit]]:
+        if k <= 0:
+            return [[] for _ in range(len(np.atleast_2d(vectors)))]
         x = unit_rows(vectors, self._dim(name))
         if not len(x):
             return []
