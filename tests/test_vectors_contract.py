@@ -1,4 +1,5 @@
-"""One contract, two backends: Qdrant Edge on disk, and qdrant-client's ":memory:" server API.
+"""One contract, two backends: Qdrant Edge on disk, and qdrant-client's ":memory:" server API (also
+over real HTTP through the REST stand-in in ``samsearch.testing.qdrant_standin``).
 
 Expected results come from numpy brute force and from a plain-Python reading of our Filter.
 """
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from samsearch.testing.qdrant_standin import QdrantStandin
 from samsearch.vectors import (
     FLOAT_FIELDS,
     INTEGER_FIELDS,
@@ -32,16 +34,22 @@ DIM = 32
 COLL = "segments"
 
 
-@pytest.fixture(params=["edge", "server"])
+@pytest.fixture(params=["edge", "server", "server-http"])
 def store(request, tmp_path):
     s: VectorStore
+    standin = None
     if request.param == "edge":
         s = EdgeVectorStore(tmp_path / "vectors")
-    else:
+    elif request.param == "server":
         s = ServerVectorStore(location=":memory:")
+    else:  # the remote code path (HTTP, payload indexes, search params) against the REST stand-in
+        standin = QdrantStandin().start()
+        s = ServerVectorStore(standin.url, quantization=True)
     s.ensure_collection(COLL, DIM)
     yield s
     s.close()
+    if standin is not None:
+        standin.stop()
 
 
 # -- data ----------------------------------------------------------------------------------------------
