@@ -5,6 +5,7 @@ import time
 import uuid
 
 import numpy as np
+import pytest
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
@@ -24,6 +25,7 @@ def _state(home):
     return segs, vecs
 
 
+@pytest.mark.parametrize("home", ["postgres+server"], indirect=True)  # the scale-out setup; Edge: test_worker
 def test_doctor_repairs_and_a_worker_restores_the_store(home, tiny_model, shapes):
     opts = IngestOptions(prompts="masks", annotations=shapes.annotations_path, dataset="d")
     ingest(home, [shapes.images[0].path, shapes.images[1].path], tiny_model, opts, progress=False)

@@ -67,15 +67,15 @@ def test_two_workers_store_every_image_exactly_once(clean_run, shapes):
 
 
 def test_four_workers_store_every_image_exactly_once(clean_run, shapes, tmp_path):
-    images = shapes.images[:12]
+    images = shapes.images[:8]
     with cluster(tmp_path) as c:
         settings_hash = enqueue_images(c, images, shapes.annotations_path)
         summaries = run_workers(c, 4, "--batch", "1")
         with c.open_home() as home:
             snap = snapshot(home)
             assert diagnose(home).problems == 0
-    assert sum(s["images_claimed"] for s in summaries) == sum(s["images_ingested"] for s in summaries) == 12
-    assert sum(s["images_ingested"] > 0 for s in summaries) >= 3  # the work was shared
+    assert sum(s["images_claimed"] for s in summaries) == sum(s["images_ingested"] for s in summaries) == 8
+    assert sum(s["images_ingested"] > 0 for s in summaries) >= 2  # the work was shared
     expected = expected_ids(images, settings_hash)
     assert differences(snap, expected, clean_run["snapshot"]) == []
 
