@@ -438,9 +438,9 @@ class Ingestor:
             img.lease_expires_at = None
 
     def _fail(self, summary, image_id, path, content_hash, size, reason, run_id, owner=None) -> None:
+        self._mark_failed(image_id, path, content_hash, size, reason, run_id, owner)  # LeaseLost: not ours
         summary.images_failed += 1
         summary.failures.append(Failure(str(path), reason))
-        self._mark_failed(image_id, path, content_hash, size, reason, run_id, owner)
 
     def _segment_rows(self, seg: SegmentedImage, masks_np: np.ndarray, valid: np.ndarray, image_id: int,
                       content_hash: str, timings: dict[str, float]):
