@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from samsearch.db import Run
+from samsearch.db.engine import DatabaseError
 from samsearch.errors import InputError, one_line
 from samsearch.home import Home
 from samsearch.imageio import ImageLoadError, read_bytes_and_hash
@@ -168,7 +170,11 @@ class Worker:
                 lock.release()
         if self._errors:
             self.summary.stopped_by = "error"
-            raise self._errors[0]
+            exc = self._errors[0]
+            if isinstance(exc, SQLAlchemyError):  # one line for the CLI, like every other store error
+                raise DatabaseError(f"database {self.home.db.safe_url} failed: "
+                                    f"{one_line(getattr(exc, 'orig', None) or exc)}") from exc
+            raise exc
         return self.summary
 
     def _heartbeat(self) -> None:

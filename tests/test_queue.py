@@ -200,3 +200,24 @@ def test_queue_cli_status_and_retry(tmp_path, shapes):
     assert '"pending": 3' in result.stdout
     result = runner.invoke(app, ["--home", h, "queue", "retry-failed"])
     assert result.stdout == "re-queued 0 failed images\n"
+
+
+def test_worker_database_failure_is_one_line(pg_url, tmp_path):
+    import os
+
+    import psycopg
+
+    from samsearch.db.engine import DatabaseError
+    from samsearch.home import Home
+    from samsearch.worker import WorkerOptions, run_worker
+
+    with Home(tmp_path / "h", database_url=pg_url, qdrant_url=":memory:") as home:
+        schema = pg_url.rsplit("%3D", 1)[1]
+        admin = os.environ.get("SAMSEARCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")  # the database loses its tables under the worker
+        with pytest.raises(DatabaseError) as err:
+            run_worker(home, WorkerOptions(drain=True))
+    msg = str(err.value)
+    assert msg.startswith(f"database {home.db.safe_url} failed: ") and "\n" not in msg
+    assert 'relation "images" does not exist' in msg
