@@ -2,7 +2,8 @@
 
 Defaults are embedded: ``<home>/samsearch.db`` (SQLite) and ``<home>/vectors/`` (Qdrant Edge).
 ``SAMSEARCH_DATABASE_URL`` points the metadata at Postgres; ``SAMSEARCH_QDRANT_URL`` (and
-``SAMSEARCH_QDRANT_API_KEY``) point the vectors at a Qdrant server.
+``SAMSEARCH_QDRANT_API_KEY``) point the vectors at a Qdrant server, whose collection settings come from
+the other ``SAMSEARCH_QDRANT_*`` variables (:class:`samsearch.vectors.server.QdrantSettings`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Home:
         database_url: str | None = None,
         qdrant_url: str | None = None,
         qdrant_api_key: str | None = None,
+        qdrant_settings: Any = None,
     ):
         self.root = Path(root).expanduser() if root is not None else default_home()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -52,7 +54,13 @@ class Home:
         self.db: Database = open_database(url)
         self.qdrant_url = qdrant_url or os.environ.get("SAMSEARCH_QDRANT_URL") or None
         api_key = qdrant_api_key or os.environ.get("SAMSEARCH_QDRANT_API_KEY") or None
-        self.vectors: VectorStore = open_vector_store(self.root / "vectors", self.qdrant_url, api_key)
+        try:
+            # qdrant_settings: a QdrantSettings; default: SAMSEARCH_QDRANT_* (shards, replication, on-disk, ...)
+            self.vectors: VectorStore = open_vector_store(self.root / "vectors", self.qdrant_url, api_key,
+                                                          qdrant_settings)
+        except BaseException:
+            self.db.dispose()
+            raise
 
     # -- embedding space -------------------------------------------------------------------------
     def embedding_space(self) -> EmbeddingSpace | None:

@@ -4,8 +4,15 @@ Stages per image: read+hash → decode → encode (once) → masks (auto / boxes
 The image is the unit of atomicity: its row is marked ``running`` before anything is written, vectors
 are upserted (durably) next, and the segments, the ingestion marker and ``done`` are committed in one
 SQL transaction last. A crash anywhere leaves the image not ``done``; the next run of the same command
-deletes whatever vectors that attempt left and redoes the image. Segment ids are deterministic, so a
-re-run never duplicates anything.
+redoes the image, overwrites the vectors that attempt left and deletes any beyond the new set. Segment
+ids are deterministic, so a re-run never duplicates anything; segment rows that already exist keep
+their label and cluster fields.
+
+Per image, :meth:`Ingestor.ingest_one` claims the row (:meth:`Ingestor._claim_image`) and hands it to
+:meth:`Ingestor.process_claimed`, which the queue workers (``samsearch.worker``) call for rows they
+claimed from the queue. Those carry a lease owner: the vector write and the final commit check that the
+lease is still theirs (:class:`LeaseLost` otherwise), so a worker whose lease expired and was taken
+over never marks the image.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, or_, select, update
 
 from samsearch.amg import AmgSettings, generate_masks
 from samsearch.annotations import AnnotatedImage, AnnotationError, CocoAnnotations, load_coco
@@ -30,13 +37,13 @@ from samsearch.db import Image, ImageStatus, Ingestion, Run, Segment
 from samsearch.db.schema import utcnow
 from samsearch.embed import RECIPE, pool_mask_embeddings
 from samsearch.encoder import EncodedImage, encode_image
-from samsearch.errors import InputError
+from samsearch.errors import InputError, SamsearchError
 from samsearch.home import SEGMENTS, EmbeddingSpace, Home
 from samsearch.imageio import ImageLoadError, collect_image_paths, decode_image, read_bytes_and_hash
 from samsearch.masks import annotation_to_mask, masks_to_rles
 from samsearch.models import LoadedModel
 from samsearch.prompting import masks_from_boxes
-from samsearch.vectors import Filter, Match
+from samsearch.vectors import Filter, Match, VectorStoreError
 
 PromptMode = Literal["auto", "boxes", "masks"]
 PROMPT_MODES: tuple[str, ...] = ("auto", "boxes", "masks")
@@ -111,22 +118,49 @@ class SegmentedImage:
         return int(self.masks.shape[0])
 
 
+@dataclass
+class ClaimedImage:
+    """An image row marked ``running`` for this process, with its bytes, ready for :meth:`process_claimed`."""
+
+    image_id: int
+    path: Path
+    content_hash: str
+    data: bytes
+    run_id: int
+    cleanup: bool  # an earlier attempt may have left vectors behind
+    lease_owner: str | None = None  # set for queue claims: writes check the lease is still ours
+
+
+class LeaseLost(SamsearchError):
+    """The image's queue lease expired and another worker took it over; this attempt must not write."""
+
+
+# Segment columns that hold labels/clusters, and the payload keys they are mirrored to in the vector store.
+LABEL_PAYLOAD_KEYS = {"label": "label", "label_score": "label_score", "label_source": "label_source",
+                      "label_bank": "bank", "cluster": "cluster"}
+
+
 def segment_id(content_hash: str, settings_hash: str, index: int) -> str:
     return str(uuid.uuid5(SEGMENT_NAMESPACE, f"{content_hash}/{settings_hash}/{index}"))
 
 
-def _fault(point: str) -> None:
-    """Crash injection for the reliability tests: SAMSEARCH_FAULT=<point>:<n> kills the process the
-    n-th time ``point`` is reached (a real crash: no cleanup, no exception handlers)."""
+def _fault(point: str, raises: type[Exception] | None = None) -> None:
+    """Fault injection for the reliability tests: SAMSEARCH_FAULT=<point>:<n> kills the process the
+    n-th time ``point`` is reached (a real crash: no cleanup, no exception handlers);
+    SAMSEARCH_FAULT=<point>:<n>:raise raises ``raises`` there instead (e.g. a failing vector store)."""
     spec = os.environ.get("SAMSEARCH_FAULT")
     if not spec:
         return
-    name, _, nth = spec.partition(":")
+    name, _, rest = spec.partition(":")
+    nth, _, mode = rest.partition(":")
     if name != point:
         return
     count = _fault.counts.get(point, 0) + 1  # type: ignore[attr-defined]
     _fault.counts[point] = count  # type: ignore[attr-defined]
-    if count >= int(nth or 1):
+    if mode == "raise" and raises is not None:
+        if count == int(nth or 1):
+            raise raises(f"injected fault at {point} #{count} (SAMSEARCH_FAULT)")
+    elif count >= int(nth or 1):
         os._exit(77)
 
 
@@ -245,9 +279,12 @@ class Ingestor:
             return img.id, False, True
 
     def _mark_failed(self, image_id: int | None, path: Path, content_hash: str | None, size: int | None,
-                     reason: str, run_id: int) -> None:
+                     reason: str, run_id: int, owner: str | None = None) -> None:
         with self.home.db.session() as s:
             img = s.get(Image, image_id) if image_id is not None else None
+            if owner is not None:
+                _check_lease(img, owner)
+                img.lease_owner = img.lease_expires_at = None
             if img is None:
                 # Unreadable files have no content hash: key them by path so they are still listed.
                 key = content_hash or "path:" + hashlib.sha256(str(path).encode()).hexdigest()[:59]
@@ -274,11 +311,22 @@ class Ingestor:
         if done:
             summary.images_skipped += 1
             return
+        timings["decode"] += time.perf_counter() - t0
+        self.process_claimed(ClaimedImage(image_id, path, content_hash, data, run_id, cleanup), summary, timings)
+
+    def process_claimed(self, item: ClaimedImage, summary: IngestSummary, timings: dict[str, float]) -> bool:
+        """Segment, embed and store one claimed image; True when stored, False when it failed (recorded
+        with its reason). Raises LeaseLost (nothing written after the check) when ``item`` is a queue
+        claim that another worker took over, and store errors (the image then stays not done)."""
+        path, data, image_id, content_hash, run_id = item.path, item.data, item.image_id, item.content_hash, \
+            item.run_id
+        owner = item.lease_owner
+        t0 = time.perf_counter()
         try:
             rgb = decode_image(data, path, self.options.max_pixels)
         except ImageLoadError as exc:
-            self._fail(summary, image_id, path, content_hash, len(data), exc.reason, run_id)
-            return
+            self._fail(summary, image_id, path, content_hash, len(data), exc.reason, run_id, owner)
+            return False
         timings["decode"] += time.perf_counter() - t0
 
         annotated = None
@@ -289,8 +337,8 @@ class Ingestor:
             elif (annotated.height, annotated.width) != rgb.shape[:2] and annotated.height and annotated.width:
                 self._fail(summary, image_id, path, content_hash, len(data),
                            f"size {rgb.shape[1]}x{rgb.shape[0]} differs from the annotations' "
-                           f"{annotated.width}x{annotated.height} in {self.coco.path}", run_id)
-                return
+                           f"{annotated.width}x{annotated.height} in {self.coco.path}", run_id, owner)
+                return False
 
         try:
             t0 = time.perf_counter()
@@ -305,46 +353,94 @@ class Ingestor:
             masks_np = seg.masks.cpu().numpy()
             timings["pooling"] += time.perf_counter() - t0
         except ValueError as exc:  # malformed annotation geometry for this image
-            self._fail(summary, image_id, path, content_hash, len(data), str(exc), run_id)
-            return
+            self._fail(summary, image_id, path, content_hash, len(data), str(exc), run_id, owner)
+            return False
 
         rows, payloads, ids = self._segment_rows(seg, masks_np, valid_np, image_id, content_hash, timings)
         summary.empty_masks_dropped += int((~valid_np).sum())
         vectors_np = vectors_np[valid_np]
 
         t0 = time.perf_counter()
-        flt = Filter.of(Match("image_hash", content_hash), Match("settings_hash", self.settings_hash))
-        if cleanup:
-            self.home.vectors.delete_by_filter(SEGMENTS, flt)  # leftovers of a crashed attempt
-        if ids:
-            self.home.vectors.upsert(SEGMENTS, ids, vectors_np, payloads)
+        if item.cleanup:
+            self._carry_labels(image_id, ids, payloads)
+        if owner is not None:
+            with self.home.db.session() as s:  # fence: never write for a lease another worker took over
+                _check_lease(s.get(Image, image_id), owner)
+        self._write_vectors(item, ids, vectors_np, payloads)
         timings["vectors"] += time.perf_counter() - t0
         _fault("after_vectors")
 
         t0 = time.perf_counter()
-        with self.home.db.session() as s:
-            # Rows from an interrupted attempt cannot exist (they commit together with the marker),
-            # but a different-length retry must not collide: clear this image+settings first.
-            s.execute(delete(Segment).where(Segment.image_id == image_id,
-                                            Segment.settings_hash == self.settings_hash))
-            if rows:
-                s.execute(insert(Segment), rows)
-            s.add(Ingestion(image_id=image_id, settings_hash=self.settings_hash, run_id=run_id,
-                            n_segments=len(rows)))
-            img = s.get(Image, image_id)
-            img.status = ImageStatus.done.value
-            img.error = None
-            img.width, img.height = int(rgb.shape[1]), int(rgb.shape[0])
-            img.lease_owner = None
-            img.lease_expires_at = None
+        self._commit(item, rows, (int(rgb.shape[0]), int(rgb.shape[1])))
         timings["sql"] += time.perf_counter() - t0
         summary.images_ingested += 1
         summary.segments += len(rows)
+        return True
 
-    def _fail(self, summary, image_id, path, content_hash, size, reason, run_id) -> None:
+    def _write_vectors(self, item: ClaimedImage, ids: list[str], vectors: np.ndarray,
+                       payloads: list[dict[str, Any]]) -> None:
+        """Upsert this attempt's points (one batched, durable call), then, after an earlier attempt,
+        delete the points it left beyond this attempt's ids. Upsert first: a crash in between leaves
+        extra points (removed by the next attempt), never missing ones."""
+        _fault("vector_upsert", VectorStoreError)
+        if ids:
+            self.home.vectors.upsert(SEGMENTS, ids, vectors, payloads)
+        if item.cleanup:
+            flt = Filter.of(Match("image_hash", item.content_hash), Match("settings_hash", self.settings_hash))
+            keep = set(ids)
+            stale = [r.id for batch in self.home.vectors.scroll(SEGMENTS, flt) for r in batch if r.id not in keep]
+            if stale:
+                self.home.vectors.delete(SEGMENTS, stale)
+
+    def _carry_labels(self, image_id: int, ids: list[str], payloads: list[dict[str, Any]]) -> None:
+        """A redone image keeps the labels/clusters its stored segments have: copy them into the payloads."""
+        at = {sid: i for i, sid in enumerate(ids)}
+        cols = [getattr(Segment, c) for c in LABEL_PAYLOAD_KEYS]
+        with self.home.db.session() as s:
+            found = s.execute(select(Segment.id, *cols).where(
+                Segment.image_id == image_id, Segment.settings_hash == self.settings_hash,
+                or_(*(c.is_not(None) for c in cols)))).all()
+        for sid, *values in found:
+            if sid in at:
+                payloads[at[sid]].update({key: v for key, v in zip(LABEL_PAYLOAD_KEYS.values(), values, strict=True)
+                                          if v is not None})
+
+    def _commit(self, item: ClaimedImage, rows: list[dict[str, Any]], size_hw: tuple[int, int]) -> None:
+        """Segments, the ingestion marker and ``done`` in one transaction. Rows that already exist (a
+        redone image) are updated in place, so their label and cluster fields survive; rows beyond
+        the new set are deleted."""
+        with self.home.db.session() as s:
+            img = s.get(Image, item.image_id, with_for_update=item.lease_owner is not None)
+            if item.lease_owner is not None:
+                _check_lease(img, item.lease_owner)
+            existing = set(s.scalars(select(Segment.id).where(
+                Segment.image_id == item.image_id, Segment.settings_hash == self.settings_hash)))
+            new_ids = {r["id"] for r in rows}
+            if existing - new_ids:
+                s.execute(delete(Segment).where(Segment.id.in_(existing - new_ids)))
+            fresh = [r for r in rows if r["id"] not in existing]
+            if fresh:
+                s.execute(insert(Segment), fresh)
+            kept = [{k: v for k, v in r.items() if k != "created_at"} for r in rows if r["id"] in existing]
+            if kept:
+                s.execute(update(Segment), kept)  # bulk UPDATE by primary key; label fields untouched
+            marker = s.execute(select(Ingestion).where(Ingestion.image_id == item.image_id,
+                                                       Ingestion.settings_hash == self.settings_hash)).scalar()
+            if marker is None:
+                s.add(Ingestion(image_id=item.image_id, settings_hash=self.settings_hash, run_id=item.run_id,
+                                n_segments=len(rows)))
+            else:
+                marker.n_segments, marker.run_id = len(rows), item.run_id
+            img.status = ImageStatus.done.value
+            img.error = None
+            img.height, img.width = size_hw
+            img.lease_owner = None
+            img.lease_expires_at = None
+
+    def _fail(self, summary, image_id, path, content_hash, size, reason, run_id, owner=None) -> None:
+        self._mark_failed(image_id, path, content_hash, size, reason, run_id, owner)  # LeaseLost: not ours
         summary.images_failed += 1
         summary.failures.append(Failure(str(path), reason))
-        self._mark_failed(image_id, path, content_hash, size, reason, run_id)
 
     def _segment_rows(self, seg: SegmentedImage, masks_np: np.ndarray, valid: np.ndarray, image_id: int,
                       content_hash: str, timings: dict[str, float]):
@@ -400,6 +496,12 @@ class Ingestor:
             summary.stage_seconds = {k: round(v, 4) for k, v in timings.items()}
             self.finish_run(summary, status)
         return summary
+
+
+def _check_lease(img: Image | None, owner: str) -> None:
+    if img is None or img.status != ImageStatus.running.value or img.lease_owner != owner:
+        where = f"now {img.status}, held by {img.lease_owner or 'nobody'}" if img is not None else "deleted"
+        raise LeaseLost(f"image {img.id if img else '?'}: the lease of {owner} expired and moved on ({where})")
 
 
 def _sync(model: LoadedModel) -> None:

@@ -73,6 +73,8 @@ def _isolated_env(monkeypatch, tmp_path):
     for var in ("SAMSEARCH_HOME", "SAMSEARCH_DATABASE_URL", "SAMSEARCH_QDRANT_URL", "SAMSEARCH_QDRANT_API_KEY",
                 "SAMSEARCH_FAULT"):
         monkeypatch.delenv(var, raising=False)
+    for var in [v for v in os.environ if v.startswith("SAMSEARCH_QDRANT_")]:  # shards, on-disk, ... (issue 6)
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("SAMSEARCH_CACHE", str(tmp_path / "cache"))
 
 

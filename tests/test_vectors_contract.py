@@ -1,4 +1,5 @@
-"""One contract, two backends: Qdrant Edge on disk, and qdrant-client's ":memory:" server API.
+"""One contract, two backends: Qdrant Edge on disk, and qdrant-client's ":memory:" server API (also
+over real HTTP through the REST stand-in in ``samsearch.testing.qdrant_standin``).
 
 Expected results come from numpy brute force and from a plain-Python reading of our Filter.
 """
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from samsearch.testing.qdrant_standin import QdrantStandin
 from samsearch.vectors import (
     FLOAT_FIELDS,
     INTEGER_FIELDS,
@@ -34,20 +36,27 @@ DIM = 32
 COLL = "segments"
 
 
-@pytest.fixture(scope="module", params=["edge", "server"])
+@pytest.fixture(scope="module", params=["edge", "server", "server-http"])
 def backend(request, tmp_path_factory):
     """One store per backend for the module: creating an Edge shard and its payload indexes costs
     a dozen fsyncs. fsync=False too (the WAL still makes writes crash-safe): per-write flushes only
     matter after a power cut, and they dominate this file's time on a busy disk. The reopen test
-    below uses the default fsync=True."""
-    make = {
-        "edge": lambda: EdgeVectorStore(tmp_path_factory.mktemp("edge") / "vectors", fsync=False),
-        "server": lambda: ServerVectorStore(location=":memory:"),
-    }
-    s: VectorStore = make[request.param]()
+    below uses the default fsync=True. "server-http" runs the remote code path (HTTP, payload indexes,
+    search params) against the REST stand-in, since no Qdrant server can run here."""
+    standin = None
+    s: VectorStore
+    if request.param == "edge":
+        s = EdgeVectorStore(tmp_path_factory.mktemp("edge") / "vectors", fsync=False)
+    elif request.param == "server":
+        s = ServerVectorStore(location=":memory:")
+    else:
+        standin = QdrantStandin().start()
+        s = ServerVectorStore(standin.url, quantization=True)
     s.ensure_collection(COLL, DIM)
     yield s
     s.close()
+    if standin is not None:
+        standin.stop()
 
 
 @pytest.fixture

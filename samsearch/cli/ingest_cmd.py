@@ -29,12 +29,16 @@ def ingest(
     min_mask_region_area: int = typer.Option(0, "--min-mask-region-area", min=0),
     max_pixels: int = typer.Option(200_000_000, "--max-pixels",
                                    help="Larger images are recorded as failed (decompression-bomb guard)."),
+    enqueue: bool = typer.Option(False, "--enqueue",
+                                 help="Only record the images as pending work (hashed, not decoded; no model "
+                                      "is loaded) for `samsearch worker` processes to take."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Segment images with SAM, embed every segment, and store masks + metadata + vectors.
 
     Re-running the same command is safe: finished images are skipped, interrupted ones redone.
+    With --enqueue the images are queued instead, for `samsearch worker` (see `samsearch queue status`).
     Exit code 3 when some images failed (they are listed; see also `samsearch stats`).
     """
     from samsearch.amg import AmgSettings
@@ -47,6 +51,9 @@ def ingest(
                         pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
                         box_nms_thresh=box_nms_thresh, min_mask_region_area=min_mask_region_area),
     )
+    if enqueue:
+        _enqueue(ctx, paths, model, options, checkpoint, as_json, quiet)
+        return
     loaded = load_model(model, checkpoint=checkpoint, device=device, progress=not quiet)
     home = open_home_from(ctx)
     try:
@@ -66,4 +73,29 @@ def ingest(
         for f in summary.failures:
             typer.echo(f"failed: {f.path}: {f.reason}", err=True)
     if summary.images_failed:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _enqueue(ctx: typer.Context, paths: list[str], model: str, options, checkpoint: Path | None, as_json: bool,
+             quiet: bool) -> None:
+    from samsearch.queue import enqueue
+
+    home = open_home_from(ctx)
+    try:
+        summary = enqueue(home, paths, model, options, checkpoint=checkpoint, progress=not quiet)
+    finally:
+        home.close()
+    if as_json:
+        echo_json(summary.as_dict())
+    else:
+        typer.echo(
+            f"enqueued {summary.enqueued} images (run {summary.run_id}); {summary.already_done} already stored, "
+            f"{summary.already_queued} already queued, {summary.in_progress} in progress, "
+            f"{summary.duplicates} duplicates, {summary.unreadable} unreadable"
+        )
+        if summary.enqueued:
+            typer.echo("start workers with `samsearch worker`; follow them with `samsearch queue status`")
+        for f in summary.failures:
+            typer.echo(f"failed: {f['path']}: {f['reason']}", err=True)
+    if summary.unreadable:
         raise typer.Exit(EXIT_PARTIAL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from samsearch.vectors.base import (
     FLOAT_FIELDS,
@@ -34,15 +35,19 @@ __all__ = [
 ]
 
 
-def open_vector_store(root: Path, url: str | None = None, api_key: str | None = None) -> VectorStore:
+def open_vector_store(
+    root: Path, url: str | None = None, api_key: str | None = None, settings: Any = None
+) -> VectorStore:
     """``url`` None: Qdrant Edge shards under ``root``; ``":memory:"``: qdrant-client's local mode
-    (tests); anything else: the Qdrant server at ``url``. Backends are imported on demand."""
+    (tests); anything else: the Qdrant server at ``url``, with ``settings`` (a
+    :class:`~samsearch.vectors.server.QdrantSettings`; default: from the ``SAMSEARCH_QDRANT_*``
+    environment). Backends are imported on demand."""
     if url is None:
         from samsearch.vectors.edge import EdgeVectorStore
 
         return EdgeVectorStore(Path(root))
-    from samsearch.vectors.server import ServerVectorStore
+    from samsearch.vectors.server import QdrantSettings, ServerVectorStore
 
     if url == ":memory:":
         return ServerVectorStore(location=":memory:")
-    return ServerVectorStore(url, api_key=api_key)
+    return ServerVectorStore(url, settings=settings or QdrantSettings.from_env(api_key=api_key))

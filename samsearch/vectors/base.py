@@ -18,6 +18,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from samsearch.errors import SamsearchError
+
 # Payload fields the stores index so that filtered queries never scan everything.
 # keyword fields hold strings, integer fields ints, float fields floats.
 KEYWORD_FIELDS = ("image_hash", "dataset", "label", "label_source", "bank", "settings_hash", "source")
@@ -25,8 +27,9 @@ INTEGER_FIELDS = ("image_id", "cluster", "area")
 FLOAT_FIELDS = ("label_score",)
 
 
-class VectorStoreError(RuntimeError):
-    """A vector backend failed or refused; the message is one line and says what to do."""
+class VectorStoreError(SamsearchError, RuntimeError):
+    """A vector backend failed or refused; the message is one line and says what to do (the CLI
+    prints it as ``Error: ...``, exit code 1)."""
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,24 @@
 """Qdrant server backend through ``qdrant-client`` (REST); ``location=":memory:"`` runs qdrant-client's
 local mode, which stands in for a server in tests (it ignores payload indexes and quantization).
 
-Writes use ``wait=True``: when a call returns, the server has applied it and written its WAL.
+Writes are batched (``upsert_batch`` points per request) and use ``wait=True``: when a call returns,
+the server has applied it and written its WAL, so SQL may then record the image as done. They also
+ask for ``ordering=medium`` (writes to one shard go through its leader, so replicas apply concurrent
+writes in one order). A collection created with ``replication_factor`` > 1 gets a majority
+``write_consistency_factor`` unless one is given: an acknowledged write is then on most replicas.
 Every failure surfaces as a one-line :class:`VectorStoreError`.
+
+:class:`QdrantSettings` collects the knobs; :meth:`QdrantSettings.from_env` reads them from the
+``SAMSEARCH_QDRANT_*`` environment variables (see the README's "Scale out" section).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -36,6 +45,96 @@ from samsearch.vectors.base import (
 
 UPSERT_BATCH = 512  # points per request: ~1.3 MB of JSON at 256-d
 SET_PAYLOAD_BATCH = 10_000  # ids per request
+WRITE_ORDERINGS = ("weak", "medium", "strong")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+@dataclass(frozen=True)
+class QdrantSettings:
+    """How samsearch talks to a Qdrant server and how it creates the collection there.
+
+    Creation-time settings (``shard_number``, ``replication_factor``, ``write_consistency_factor``,
+    ``on_disk``, ``quantization``) apply only when samsearch creates a collection; an existing one keeps
+    its own (change those with Qdrant's API)."""
+
+    api_key: str | None = None
+    shard_number: int | None = None  # None: the server's default (1 per node on a cluster)
+    replication_factor: int | None = None
+    write_consistency_factor: int | None = None  # None: majority of replication_factor
+    on_disk: bool = False  # vectors and payloads on disk (memory-mapped) instead of RAM
+    quantization: bool = False  # int8 scalar quantization (kept in RAM), searches rescore with originals
+    write_ordering: str = "medium"
+    timeout: int = 30  # seconds per request
+    upsert_batch: int = UPSERT_BATCH
+
+    ENV = {
+        "api_key": "SAMSEARCH_QDRANT_API_KEY",
+        "shard_number": "SAMSEARCH_QDRANT_SHARDS",
+        "replication_factor": "SAMSEARCH_QDRANT_REPLICATION_FACTOR",
+        "write_consistency_factor": "SAMSEARCH_QDRANT_WRITE_CONSISTENCY_FACTOR",
+        "on_disk": "SAMSEARCH_QDRANT_ON_DISK",
+        "quantization": "SAMSEARCH_QDRANT_QUANTIZATION",
+        "write_ordering": "SAMSEARCH_QDRANT_WRITE_ORDERING",
+        "timeout": "SAMSEARCH_QDRANT_TIMEOUT",
+        "upsert_batch": "SAMSEARCH_QDRANT_UPSERT_BATCH",
+    }
+
+    def __post_init__(self) -> None:
+        for name in ("shard_number", "replication_factor", "write_consistency_factor", "timeout", "upsert_batch"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise VectorStoreError(f"{self.ENV[name]}: must be a positive integer, not {value!r}")
+        if self.write_ordering not in WRITE_ORDERINGS:
+            raise VectorStoreError(
+                f"{self.ENV['write_ordering']}: must be one of {', '.join(WRITE_ORDERINGS)}, "
+                f"not {self.write_ordering!r}"
+            )
+        if (self.write_consistency_factor or 1) > (self.replication_factor or 1):
+            raise VectorStoreError(
+                f"{self.ENV['write_consistency_factor']} ({self.write_consistency_factor}) cannot exceed "
+                f"{self.ENV['replication_factor']} ({self.replication_factor or 1})"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, api_key: str | None = None) -> QdrantSettings:
+        """Settings from ``SAMSEARCH_QDRANT_*`` variables; a bad value is a one-line error naming it."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, var in cls.ENV.items():
+            raw = env.get(var)
+            if raw is None or (raw.strip() == "" and name != "on_disk"):
+                continue
+            raw = raw.strip()
+            if name in ("api_key", "write_ordering"):
+                values[name] = raw.lower() if name == "write_ordering" else raw
+            elif name == "on_disk":
+                values[name] = _flag(var, raw, _TRUE, _FALSE)
+            elif name == "quantization":
+                values[name] = _flag(var, raw, ("int8", *_TRUE), ("none", *_FALSE))
+            else:
+                try:
+                    values[name] = int(raw)
+                except ValueError:
+                    raise VectorStoreError(f"{var}: must be a positive integer, not {raw!r}") from None
+        if api_key:
+            values["api_key"] = api_key
+        return cls(**values)
+
+    def describe(self) -> dict[str, Any]:
+        """The settings without the API key (for status output)."""
+        d = {k: getattr(self, k) for k in self.ENV if k != "api_key"}
+        d["api_key"] = "set" if self.api_key else None
+        return d
+
+
+def _flag(var: str, raw: str, true: tuple[str, ...], false: tuple[str, ...]) -> bool:
+    low = raw.lower()
+    if low in true:
+        return True
+    if low in false:
+        return False
+    raise VectorStoreError(f"{var}: must be one of {', '.join(x for x in (*true, *false) if x)}, not {raw!r}")
+
 _SCHEMAS = {
     **{f: models.PayloadSchemaType.KEYWORD for f in KEYWORD_FIELDS},
     **{f: models.PayloadSchemaType.INTEGER for f in INTEGER_FIELDS},
@@ -82,9 +181,10 @@ def _one_line(text: str) -> str:
 class ServerVectorStore:
     """Collections on a Qdrant server (``url``), or in qdrant-client's local mode (``location``).
 
-    ``shard_number``/``replication_factor``/``on_disk`` apply when a collection is created;
-    ``quantization`` creates it with int8 scalar quantization and rescores with the original vectors
-    at search time. ``timeout`` is the per-request limit in seconds.
+    ``settings`` (or the same fields as keywords) say how to talk to the server and how to create a
+    collection: ``shard_number``/``replication_factor``/``write_consistency_factor``/``on_disk`` apply
+    when a collection is created; ``quantization`` creates it with int8 scalar quantization and
+    rescores with the original vectors at search time. ``timeout`` is the per-request limit in seconds.
     """
 
     def __init__(
@@ -92,21 +192,23 @@ class ServerVectorStore:
         url: str | None = None,
         *,
         location: str | None = None,
-        api_key: str | None = None,
-        shard_number: int | None = None,
-        replication_factor: int | None = None,
-        on_disk: bool = False,
-        quantization: bool = False,
-        timeout: int = 30,
+        settings: QdrantSettings | None = None,
+        **overrides: Any,
     ) -> None:
         if (url is None) == (location is None):
             raise VectorStoreError("ServerVectorStore needs exactly one of url or location")
+        cfg = settings or QdrantSettings()
+        if overrides:
+            cfg = QdrantSettings(**{**cfg.__dict__, **overrides})
+        self.settings = cfg
         self.where = url or location or ""
-        self.api_key = api_key
-        self.shard_number = shard_number
-        self.replication_factor = replication_factor
-        self.on_disk = on_disk
-        self.quantization = quantization
+        self.api_key = cfg.api_key
+        self.shard_number = cfg.shard_number
+        self.replication_factor = cfg.replication_factor
+        self.on_disk = cfg.on_disk
+        self.quantization = cfg.quantization
+        self._ordering = models.WriteOrdering(cfg.write_ordering)
+        api_key, timeout = cfg.api_key, cfg.timeout
         self.local = location is not None and not location.startswith(("http://", "https://"))
         # Local mode is plain Python state: serialise it. A real client is thread-safe on its own.
         self._lock: contextlib.AbstractContextManager[Any] = (
@@ -206,6 +308,9 @@ class ServerVectorStore:
             if self.quantization
             else None
         )
+        consistency = self.settings.write_consistency_factor
+        if consistency is None and (self.replication_factor or 1) > 1:
+            consistency = self.replication_factor // 2 + 1  # majority: an acked write survives a node loss
         self._client.create_collection(
             name,
             vectors_config=models.VectorParams(
@@ -213,6 +318,7 @@ class ServerVectorStore:
             ),
             shard_number=self.shard_number,
             replication_factor=self.replication_factor,
+            write_consistency_factor=consistency,
             on_disk_payload=self.on_disk or None,
             quantization_config=quantization,
         )
@@ -246,29 +352,32 @@ class ServerVectorStore:
         if not len(ids):
             return
         x = unit_rows(vectors, self._dim(name))
-        for start in range(0, len(ids), UPSERT_BATCH):
-            end = start + UPSERT_BATCH
+        step = self.settings.upsert_batch
+        for start in range(0, len(ids), step):
+            end = start + step
             batch = models.Batch(
                 ids=[str(i) for i in ids[start:end]],
                 vectors=x[start:end].tolist(),
                 payloads=[plain_payload(p) for p in payloads[start:end]],
             )
             with self._lock, self._errors("upsert", name):
-                self._client.upsert(name, points=batch, wait=True)
+                self._client.upsert(name, points=batch, wait=True, ordering=self._ordering)
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         if not len(ids):
             return
         selector = models.PointIdsList(points=[str(i) for i in ids])
         with self._lock, self._errors("delete", name):
-            self._client.delete(name, points_selector=selector, wait=True)
+            self._client.delete(name, points_selector=selector, wait=True, ordering=self._ordering)
 
     def delete_by_filter(self, name: str, flt: Filter) -> None:
         qflt = to_qdrant_filter(flt)
         if qflt is None:
             raise VectorStoreError("delete_by_filter needs a non-empty filter (drop_collection deletes all)")
         with self._lock, self._errors("delete", name):
-            self._client.delete(name, points_selector=models.FilterSelector(filter=qflt), wait=True)
+            self._client.delete(
+                name, points_selector=models.FilterSelector(filter=qflt), wait=True, ordering=self._ordering
+            )
 
     def set_payload(self, name: str, ids: Sequence[str], payload: dict[str, Any]) -> None:
         if not len(ids) or not payload:
@@ -279,7 +388,7 @@ class ServerVectorStore:
             chunk = [str(i) for i in ids[start : start + SET_PAYLOAD_BATCH]]
             selector = models.Filter(must=[models.HasIdCondition(has_id=chunk)])
             with self._lock, self._errors("set_payload", name):
-                self._client.set_payload(name, payload=payload, points=selector, wait=True)
+                self._client.set_payload(name, payload=payload, points=selector, wait=True, ordering=self._ordering)
 
     # -- reads -------------------------------------------------------------------------------------
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:

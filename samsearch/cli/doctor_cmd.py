@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import typer
+
+from samsearch.cli.app import EXIT_PARTIAL, app, echo_json, handle_errors, open_home_from
+
+
+@app.command("doctor")
+@handle_errors
+def doctor(
+    ctx: typer.Context,
+    repair: bool = typer.Option(False, "--repair",
+                                help="Fix what is safe to fix: re-queue images whose vectors are missing, "
+                                     "delete vectors that have no segment, release expired leases."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Check that SQL and the vector store agree: segments missing a vector, vectors with no segment,
+    images stuck under an expired lease, and model mismatches.
+
+    Exit code 0 when all is well (or was repaired), 3 when problems remain.
+    """
+    from samsearch.doctor import diagnose
+
+    home = open_home_from(ctx)
+    try:
+        report = diagnose(home, repair=repair, progress=not quiet)
+    finally:
+        home.close()
+    if as_json:
+        echo_json(report.as_dict())
+    else:
+        r, fixed = report, report.repaired
+        typer.echo(f"segments:          {r.segments} in {r.database}")
+        typer.echo(f"vectors:           {r.vectors} in {r.vector_store}")
+        typer.echo(f"missing vectors:   {r.missing_vectors} segments ({r.images_missing_vectors} images)"
+                   + (f"; re-queued {fixed['images_requeued']} images for `samsearch worker`"
+                      if "images_requeued" in fixed else ""))
+        typer.echo(f"orphan vectors:    {r.orphan_vectors}"
+                   + (f"; deleted {fixed['orphan_vectors_deleted']}" if "orphan_vectors_deleted" in fixed else "")
+                   + (f" (+{r.in_flight_vectors} of images being processed now)" if r.in_flight_vectors else ""))
+        typer.echo(f"expired leases:    {r.expired_leases}"
+                   + (f"; released {fixed['leases_released']}" if "leases_released" in fixed else ""))
+        if r.running_without_lease:
+            typer.echo(f"running, no lease: {r.running_without_lease} (a plain `ingest` runs or was interrupted: "
+                       "re-run it)")
+        typer.echo(f"model:             {'; '.join(r.model_problems) if r.model_problems else 'consistent'}")
+        for line in r.not_repaired:
+            typer.echo(f"not repaired: {line}", err=True)
+        if r.problems and not repair:
+            typer.echo("run `samsearch doctor --repair` to fix what can be fixed")
+    if not report.healthy_after_repair:
+        raise typer.Exit(EXIT_PARTIAL)

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import typer
+
+from samsearch.cli.app import app, echo_json, handle_errors, open_home_from
+
+queue_app = typer.Typer(help="The ingest work queue (fed by `ingest --enqueue`, drained by `worker`).",
+                        no_args_is_help=True)
+app.add_typer(queue_app, name="queue")
+
+
+@queue_app.command("status")
+@handle_errors
+def status(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
+) -> None:
+    """Images pending / running / done / failed, expired leases, and the workers holding leases now."""
+    from samsearch.queue import queue_status
+
+    home = open_home_from(ctx.parent)
+    try:
+        data = queue_status(home)
+    finally:
+        home.close()
+    if as_json:
+        echo_json(data)
+        return
+    typer.echo(f"pending {data['pending']}, running {data['running']}, done {data['done']}, "
+               f"failed {data['failed']}")
+    if data["expired_leases"]:
+        typer.echo(f"{data['expired_leases']} running images have an expired lease (their worker died); "
+                   "a worker takes them again, or `samsearch doctor --repair` re-queues them now")
+    if data["running_without_lease"]:
+        typer.echo(f"{data['running_without_lease']} images are running under a plain `ingest` (no lease)")
+    for owner, n in data["workers"].items():
+        typer.echo(f"worker {owner}: {n} images leased")
+    if len(data["datasets"]) > 1:
+        for name, d in data["datasets"].items():
+            typer.echo(f"  {name}: pending {d['pending']}, running {d['running']}, done {d['done']}, "
+                       f"failed {d['failed']}")
+
+
+@queue_app.command("retry-failed")
+@handle_errors
+def retry_failed(
+    ctx: typer.Context,
+    dataset: str = typer.Option(None, "--dataset", help="Only images of this dataset."),
+    as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
+) -> None:
+    """Queue failed images again, with the settings of the run that failed them."""
+    from samsearch.queue import retry_failed as retry
+
+    home = open_home_from(ctx.parent)
+    try:
+        data = retry(home, dataset)
+    finally:
+        home.close()
+    if as_json:
+        echo_json(data)
+        return
+    typer.echo(f"re-queued {data['requeued']} failed images")
+    if data["unreadable_left"]:
+        typer.echo(f"{data['unreadable_left']} files could not be read at all; once readable, queue them with "
+                   "`samsearch ingest --enqueue PATH`")
