@@ -48,6 +48,7 @@ JSON schema (``SearchResults.as_dict()``, what ``samsearch search --json`` print
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +185,19 @@ def _empty_corpus(home: Home) -> NotFoundError:
     return NotFoundError(f"{home.root}: no segments stored yet (run `samsearch ingest` first)")
 
 
+_SPACES: weakref.WeakKeyDictionary[Home, EmbeddingSpace] = weakref.WeakKeyDictionary()
+
+
+def _space(home: Home) -> EmbeddingSpace | None:
+    """The home's embedding space, remembered per Home once set (a home never changes it)."""
+    space = _SPACES.get(home)
+    if space is None:
+        space = home.embedding_space()
+        if space is not None:
+            _SPACES[home] = space
+    return space
+
+
 def _require_corpus(home: Home) -> None:
     if not home.vectors.has_collection(SEGMENTS):
         raise _empty_corpus(home)
@@ -237,7 +251,7 @@ def search_by_vector(home: Home, vector: np.ndarray | Sequence[float], k: int = 
     """Segments most similar to ``vector`` (normalised here; must have the home's dimension)."""
     started = time.perf_counter()
     _require_corpus(home)
-    space = home.embedding_space()
+    space = _space(home)
     x = np.asarray(vector, dtype=np.float32).reshape(1, -1)
     if space is not None and x.shape[1] != space.dim:
         raise InputError(f"the query vector has {x.shape[1]} dimensions; this home's vectors have {space.dim}")
@@ -351,6 +365,7 @@ def search_by_image(
     except ImageLoadError as exc:
         raise InputError(str(exc)) from None
     check_prompt(prompt, loaded.width, loaded.height, str(image))
+    (filters or SearchFilters()).to_filter(loaded.content_hash)  # bad filters fail before SAM runs
     model = model_for_home(home, model, checkpoint, device)
     emb = embed_prompted_segment(model, loaded.rgb, prompt)
     query = QueryInfo("image", emb.vector[None, :], image_path=str(image), image_hash=loaded.content_hash,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from samsearch.db import Image, Segment
 from samsearch.errors import InputError, NotFoundError
@@ -22,6 +22,9 @@ _COLUMNS = (
     Segment.bbox_h, Segment.area, Segment.height, Segment.width, Segment.rle_counts, Segment.source,
     Segment.annotation_category, Segment.label, Segment.label_score, Segment.cluster,
 )
+# Built once: SQLAlchemy caches its compiled form, and the id list is bound as an expanding IN parameter.
+_BY_IDS = (select(*_COLUMNS).join(Image, Image.id == Segment.image_id)
+           .where(Segment.id.in_(bindparam("ids", expanding=True))))
 
 
 @dataclass(frozen=True)
@@ -62,9 +65,9 @@ def fetch_segments(home: Home, ids: Sequence[str]) -> dict[str, SegmentInfo]:
     """The stored segments among ``ids``, keyed by id, in one SQL query (unknown ids are absent)."""
     if not ids:
         return {}
-    stmt = select(*_COLUMNS).join(Image, Image.id == Segment.image_id).where(Segment.id.in_(list(ids)))
-    with home.db.session() as s:
-        return {row.id: _info(row) for row in s.execute(stmt)}
+    # A plain connection, not an ORM session: this sits on the search path, where every 0.1 ms shows.
+    with home.db.engine.connect() as conn:
+        return {row.id: _info(row) for row in conn.execute(_BY_IDS, {"ids": list(ids)})}
 
 
 def get_segment(home: Home, segment_id: str) -> SegmentInfo:

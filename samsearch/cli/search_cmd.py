@@ -99,34 +99,45 @@ def _gallery(results: Any, out: Path) -> Path:
 @store_errors
 def search(
     ctx: typer.Context,
-    segment: str = typer.Option(None, "--segment", help="Query: a stored segment's id."),
-    image: Path = typer.Option(None, "--image", help="Query: an image file (need not be ingested) with a "
-                                                     "prompt: --box, --point/--negative-point, or --mask."),
-    box: str = typer.Option(None, "--box", help="x0,y0,x1,y1 in image pixels: SAM segments inside the box."),
-    point: list[str] = typer.Option(None, "--point", help="x,y foreground click (repeatable; may refine --box)."),
-    negative_point: list[str] = typer.Option(None, "--negative-point", help="x,y background click (repeatable)."),
-    mask: Path = typer.Option(None, "--mask", help="A mask image the size of --image (non-zero = segment), "
-                                                   "embedded as given (no SAM prompt)."),
-    bank: str = typer.Option(None, "--bank", help="Query: the memory bank whose centroids for --label are the "
-                                                  "queries (\"find every car\")."),
-    label: str = typer.Option(None, "--label", help="With --bank: the class to find. Without: a filter, "
-                                                    "only segments labeled NAME."),
-    k: int = typer.Option(10, "-k", "--limit", help="How many hits."),
-    min_score: float = typer.Option(None, "--min-score", help="Only hits with cosine similarity >= this."),
-    dataset: list[str] = typer.Option(None, "--dataset", help="Filter: only these datasets (repeatable)."),
-    cluster: int = typer.Option(None, "--cluster", help="Filter: only this cluster id."),
-    image_id: int = typer.Option(None, "--image-id", help="Filter: only segments of this stored image id."),
-    min_area: int = typer.Option(None, "--min-area", min=0, help="Filter: mask area >= this many pixels."),
-    max_area: int = typer.Option(None, "--max-area", min=0, help="Filter: mask area <= this many pixels."),
+    segment: str = typer.Option(None, "--segment", metavar="ID", help="Query: a stored segment's id."),
+    image: Path = typer.Option(
+        None, "--image", metavar="FILE",
+        help="Query: an image file (need not be ingested) with a prompt: --box, --point/--negative-point, "
+             "or --mask."),
+    box: str = typer.Option(None, "--box", metavar="X0,Y0,X1,Y1",
+                            help="A box in image pixels: SAM segments inside it."),
+    point: list[str] = typer.Option(None, "--point", metavar="X,Y",
+                                    help="A foreground click (repeatable; may refine --box)."),
+    negative_point: list[str] = typer.Option(None, "--negative-point", metavar="X,Y",
+                                             help="A background click (repeatable)."),
+    mask: Path = typer.Option(None, "--mask", metavar="FILE.png",
+                              help="A mask image the size of --image (non-zero = segment), embedded as given."),
+    bank: str = typer.Option(None, "--bank", metavar="BANK",
+                             help="Query: the memory bank whose centroids for --label are the queries "
+                                  "(\"find every car\")."),
+    label: str = typer.Option(None, "--label", metavar="NAME",
+                              help="With --bank: the class to find. Without: a filter, only segments labeled NAME."),
+    k: int = typer.Option(10, "-k", "--limit", metavar="K", help="How many hits."),
+    min_score: float = typer.Option(None, "--min-score", metavar="S",
+                                    help="Only hits with cosine similarity >= S."),
+    dataset: list[str] = typer.Option(None, "--dataset", metavar="NAME",
+                                      help="Filter: only these datasets (repeatable)."),
+    cluster: int = typer.Option(None, "--cluster", metavar="N", help="Filter: only this cluster id."),
+    image_id: int = typer.Option(None, "--image-id", metavar="N",
+                                 help="Filter: only segments of this stored image id."),
+    min_area: int = typer.Option(None, "--min-area", min=0, metavar="PX", help="Filter: mask area >= PX pixels."),
+    max_area: int = typer.Option(None, "--max-area", min=0, metavar="PX", help="Filter: mask area <= PX pixels."),
     exclude_same_image: bool = typer.Option(False, "--exclude-same-image",
                                             help="Filter: drop segments of the query's own image."),
-    checkpoint: Path = typer.Option(None, "--checkpoint", help="Image queries: the checkpoint file ingest used "
-                                                               "(default: the cached official weights)."),
+    checkpoint: Path = typer.Option(None, "--checkpoint", metavar="FILE",
+                                    help="Image queries: the checkpoint file ingest used (default: the cached "
+                                         "official weights)."),
     device: str = typer.Option("auto", "--device", help="Image queries: auto, cpu, cuda, ..."),
-    gallery: Path = typer.Option(None, "--gallery", help="Also write OUT.html: the query and each hit as a "
-                                                         "picture (self-contained, opens from disk)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (schema samsearch.search/v1, "
-                                                       "see README)."),
+    gallery: Path = typer.Option(None, "--gallery", metavar="OUT.html",
+                                 help="Also write OUT.html: the query and each hit as a picture "
+                                      "(self-contained, opens from disk)."),
+    as_json: bool = typer.Option(False, "--json",
+                                 help="Print the results as JSON (schema samsearch.search/v1, see README)."),
 ) -> None:
     """Find stored segments like a query: a stored segment, an image + prompt, or a memory-bank class.
 
@@ -177,8 +188,9 @@ def search(
 def show(
     ctx: typer.Context,
     segment_id: str = typer.Argument(..., help="The segment's id (as `samsearch search` prints it)."),
-    out: Path = typer.Option(..., "--out", help="The PNG file to write."),
-    max_side: int = typer.Option(None, "--max-side", min=16, help="Shrink so the longer side is at most this."),
+    out: Path = typer.Option(..., "--out", metavar="FILE.png", help="The PNG file to write."),
+    max_side: int = typer.Option(None, "--max-side", min=16, metavar="N",
+                                 help="Shrink so the longer side is at most N pixels."),
 ) -> None:
     """Draw one stored segment over its image (tinted, outlined) into a PNG."""
     from PIL import Image
