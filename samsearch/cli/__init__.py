@@ -13,6 +13,7 @@ from samsearch.cli import (  # noqa: F401  (registers commands)
     export_cmd,
     ingest_cmd,
     queue_cmd,
+    search_cmd,
     stats_cmd,
     worker_cmd,
 )
