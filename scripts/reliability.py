@@ -47,7 +47,7 @@ def clean_runs(images, annotations, tmp: Path, workers: list[int]) -> tuple[list
         t0 = time.perf_counter()
         with cluster(tmp / f"workers{n}") as c:
             settings_hash = enqueue_images(c, images, annotations)
-            summaries = run_workers(c, n)
+            summaries = run_workers(c, n, timeout=4 * 3600)
             with c.open_home() as home:
                 snap = snapshot(home)
                 doctor = diagnose(home)

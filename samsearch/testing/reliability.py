@@ -198,9 +198,15 @@ def finish(proc: subprocess.Popen, timeout: float = 600) -> dict[str, Any]:
     return json.loads(out)
 
 
-def run_workers(c: Cluster, n: int, *args: str) -> list[dict[str, Any]]:
+def run_workers(c: Cluster, n: int, *args: str, timeout: float = 600) -> list[dict[str, Any]]:
     procs = [c.start_worker(*args) for _ in range(n)]
-    return [finish(p) for p in procs]
+    try:
+        return [finish(p, timeout) for p in procs]
+    finally:
+        for p in procs:  # never leave a worker behind (a timeout, or another one failing)
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def leases_held(home: Home, pid: int) -> int:
