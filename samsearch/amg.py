@@ -78,7 +78,8 @@ def _point_prompts(sam: Sam, enc: EncodedImage, points_xy: np.ndarray):
     transformed = resize_transform(sam).apply_coords(points_xy, enc.original_size)
     coords = torch.as_tensor(transformed, device=sam.device)[:, None, :]
     labels = torch.ones((coords.shape[0], 1), dtype=torch.int, device=sam.device)
-    return sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+    with torch.autocast(sam.device.type, enabled=False):  # positional encodings of coordinates stay fp32
+        return sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
 
 
 @torch.no_grad()
@@ -166,7 +167,9 @@ def generate_masks(sam: Sam, enc: EncodedImage, settings: AmgSettings, exact: bo
     dev = sam.device
     upsample = LogitUpsampler(sam, enc, exact=exact)
     step = upsample.chunk()
-    decoder = None if exact else PromptDecoder(sam, enc.features, decoder_group)
+    t0 = time.perf_counter()
+    decoder = None if exact else PromptDecoder(sam, enc.features, decoder_group)  # shared image-side work
+    timings["decoder"] += time.perf_counter() - t0
     iou_thresh = settings.pred_iou_thresh if settings.pred_iou_thresh > 0.0 else None
 
     kept_low, kept_iou, kept_stab, kept_boxes, kept_points = [], [], [], [], []
@@ -216,4 +219,6 @@ def generate_masks(sam: Sam, enc: EncodedImage, settings: AmgSettings, exact: bo
         iou, stab, pts = iou[keep], stab[keep], pts[keep]
     timings["nms"] = t1 - t0
     timings["final_masks"] = time.perf_counter() - t1
+    if decoder is not None:  # the decoder's share: the two-way transformer and the output upscaling
+        timings.update({f"decoder_{k}": v for k, v in decoder.timings.items()})
     return GeneratedMasks(masks, boxes.float(), iou.float(), stab, pts.float(), timings)

@@ -24,6 +24,7 @@ Only prompts without a mask input are supported (points and/or boxes), which is 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -79,13 +80,17 @@ class _ImageSide:
 class PromptDecoder:
     """The mask decoder bound to one encoded image; call :meth:`decode` with batches of prompts."""
 
-    def __init__(self, sam: Sam, features: torch.Tensor, group: int | None = None):
+    def __init__(self, sam: Sam, features: torch.Tensor, group: int | None = None,
+                 upscale_step: int | None = None):
         dec = sam.mask_decoder
         tr = dec.transformer
         self.dec = dec
         self.tr = tr
         n = self.n_heads = tr.num_heads
         self.group = group or default_group(features.device)
+        # Prompts per upscaling step: one on CPU (its activations stay in cache), 16 elsewhere.
+        self.upscale_step = upscale_step or (1 if features.device.type == "cpu" else 16)
+        self.timings = {"transformer": 0.0, "upscale": 0.0}  # host-side seconds (not synchronised on GPU)
         pe = sam.prompt_encoder.get_dense_pe().to(features.dtype)
         dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(features.dtype)
         _, c, h, w = features.shape
@@ -205,15 +210,20 @@ class PromptDecoder:
         k = hyper.shape[1]
         h, w = self.grid
         out = torch.empty((p, k, 4 * h, 4 * w), dtype=keys.dtype, device=keys.device)
-        for i in range(p):  # one prompt at a time: its activations stay in cache
-            # rows: (y, x, dy1, dx1) of the first stride-2 output; LayerNorm2d + GELU are per pixel.
-            x = torch.addmm(self.up1_b, keys[i], self.up1_w).view(m * 4, self.c1)
+        step = self.upscale_step
+        for i in range(0, p, step):
+            chunk = keys[i:i + step]
+            n = chunk.shape[0]
+            # rows: (prompt, y, x, dy1, dx1) of the first stride-2 output; LayerNorm2d + GELU are per pixel.
+            x = torch.addmm(self.up1_b, chunk.reshape(n * m, -1), self.up1_w).view(n * m * 4, self.c1)
             x = self.act1(F.layer_norm(x, (self.c1,), self.ln.weight, self.ln.bias, self.ln.eps))
-            # columns of x2: the same pixels; rows: (dy2, dx2, channel) of the second stride-2 output.
-            x2 = self.act2(torch.addmm(self.up2_bt, self.up2_wt, x.T))
-            logits = torch.bmm(hyper[i].expand(4, k, self.c2), x2.view(4, self.c2, m * 4))
-            # (dy2, dx2, k, y, x, dy1, dx1) → (k, 4y + 2dy1 + dy2, 4x + 2dx1 + dx2)
-            out[i] = logits.view(2, 2, k, h, w, 2, 2).permute(2, 3, 5, 0, 4, 6, 1).reshape(k, 4 * h, 4 * w)
+            # x2: rows (dy2, dx2, channel) of the second stride-2 output, columns the pixels of x.
+            x2 = self.act2(torch.baddbmm(self.up2_bt, self.up2_wt.expand(n, -1, -1),
+                                         x.view(n, m * 4, self.c1).transpose(1, 2)))
+            logits = torch.matmul(hyper[i:i + n, None], x2.view(n, 4, self.c2, m * 4))  # (n, 4, k, 4m)
+            # (n, dy2, dx2, k, y, x, dy1, dx1) → (n, k, 4y + 2dy1 + dy2, 4x + 2dx1 + dx2)
+            out[i:i + n] = logits.view(n, 2, 2, k, h, w, 2, 2).permute(0, 3, 4, 6, 1, 5, 7, 2).reshape(
+                n, k, 4 * h, 4 * w)
         return out
 
     # -- entry point -------------------------------------------------------------------------------
@@ -226,10 +236,13 @@ class PromptDecoder:
         output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.expand(sparse.shape[0], -1, -1).to(sparse.dtype), sparse], dim=1)
         picks = list(range(1, dec.num_mask_tokens)) if multimask else [0]
+        t0 = time.perf_counter()
         queries = self._first_block_tokens(tokens)
+        self.timings["transformer"] += time.perf_counter() - t0
         ious, index, lows = [], [], []
         for start in range(0, tokens.shape[0], self.group):
             sl = slice(start, start + self.group)
+            t0 = time.perf_counter()
             hs, keys = self._transformer(queries[sl], tokens[sl])
             iou = dec.iou_prediction_head(hs[:, 0])[:, picks]
             ious.append(iou)
@@ -237,11 +250,14 @@ class PromptDecoder:
             if iou_thresh is not None:
                 need = (iou > iou_thresh).any(dim=1)
                 keys, hs, sel = keys[need], hs[need], sel[need]
+            t1 = time.perf_counter()
+            self.timings["transformer"] += t1 - t0
             if len(sel) == 0:
                 continue
             hyper = torch.stack([dec.output_hypernetworks_mlps[j](hs[:, 1 + j]) for j in picks], dim=1)
             lows.append(self._upscale(keys, hyper))
             index.append(sel)
+            self.timings["upscale"] += time.perf_counter() - t1
         k = len(picks)
         h, w = self.grid
         dev, dtype = self.keys0.device, self.keys0.dtype

@@ -11,6 +11,7 @@ re-run never duplicates anything.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -231,7 +232,7 @@ class Ingestor:
             raise InputError(f"--prompts {options.prompts} needs --annotations FILE (COCO JSON)")
         self.home = home
         self.model = model
-        options.execution = options.execution.resolved(model)
+        options = dataclasses.replace(options, execution=options.execution.resolved(model))
         self.options = options
         self.execution = options.execution
         self._claims = threading.Lock()
@@ -393,9 +394,9 @@ class Ingestor:
             prepared.rgb
         seg = computed.seg
         t0 = time.perf_counter()
+        masks_np = computed.masks_host().numpy()  # waits for an early copy to host, if one was started
         vectors_np = computed.vectors.cpu().numpy().astype(np.float32)
         valid_np = computed.valid.cpu().numpy()
-        masks_np = computed.masks_host().numpy()
         timings["transfer"] += time.perf_counter() - t0
 
         rows, payloads, ids = self._segment_rows(seg, masks_np, valid_np, image_id, content_hash, timings)

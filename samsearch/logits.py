@@ -50,6 +50,8 @@ class LogitUpsampler:
         return max(1, int(budget // (h * w)))
 
     def __call__(self, low_res: torch.Tensor) -> torch.Tensor:
-        if self.separable:
-            return self.a_y @ (low_res.to(self.a_y.dtype) @ self.a_x_t)
-        return self.sam.postprocess_masks(low_res[:, None], self.enc.input_size, self.enc.original_size)[:, 0]
+        with torch.autocast(low_res.device.type, enabled=False):  # thresholds are applied to these: fp32
+            if self.separable:
+                return self.a_y @ (low_res.to(self.a_y.dtype) @ self.a_x_t)
+            low = low_res.float()[:, None]
+            return self.sam.postprocess_masks(low, self.enc.input_size, self.enc.original_size)[:, 0]

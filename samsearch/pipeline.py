@@ -53,16 +53,20 @@ class _Loaded:
 
 
 def _start_host_copy(computed: ComputedImage) -> None:
-    """On CUDA, queue the masks' copy to pinned host memory behind the work that makes them, so the writer
-    finds them on the host without stalling the device; elsewhere nothing to do."""
-    masks = computed.seg.masks
-    if masks.device.type != "cuda":
+    """On CUDA, queue the copies of masks and vectors to pinned host memory behind the work that makes them,
+    so the writer finds them on the host without stalling the device; elsewhere nothing to do."""
+    if computed.seg.masks.device.type != "cuda":
         return
-    host = torch.empty(masks.shape, dtype=masks.dtype, pin_memory=True)
-    host.copy_(masks, non_blocking=True)
+
+    def to_host(t: torch.Tensor) -> torch.Tensor:
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        return host.copy_(t, non_blocking=True)
+
+    computed.host_masks = to_host(computed.seg.masks)
+    computed.vectors, computed.valid = to_host(computed.vectors), to_host(computed.valid)
     event = torch.cuda.Event()
     event.record()
-    computed.host_masks, computed.ready = host, event
+    computed.ready = event
 
 
 class _Writer(threading.Thread):
@@ -86,12 +90,11 @@ class _Writer(threading.Thread):
             loaded, computed = item
             try:
                 self.ingestor.store(loaded.prepared, computed, self.run_id, loaded.summary, loaded.timings)
+                with self.lock:
+                    _merge(self.summary, self.timings, loaded)
+                    self.done(loaded.path)
             except BaseException as exc:  # noqa: BLE001 - handed to the model thread, which re-raises it
                 self.error = exc
-                continue
-            with self.lock:
-                _merge(self.summary, self.timings, loaded)
-                self.done(loaded.path)
 
     def put(self, item: object) -> None:
         """Block while the queue is full, but never on a writer that died."""

@@ -29,7 +29,8 @@ def masks_from_boxes(
     for s in range(0, n, batch_size):
         boxes = torch.as_tensor(np.asarray(boxes_xyxy[s:s + batch_size], dtype=np.float32), device=sam.device)
         boxes = transform.apply_boxes_torch(boxes, enc.original_size)
-        sparse, dense = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
+        with torch.autocast(sam.device.type, enabled=False):  # positional encodings of coordinates stay fp32
+            sparse, dense = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
         if decoder is None:
             low_res, iou = sam.mask_decoder(
                 image_embeddings=enc.features,
