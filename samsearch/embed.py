@@ -3,10 +3,19 @@
 The mask goes through the same transform as the image (resize longest side to 1024, pad bottom/right
 to 1024×1024), then each 16×16 patch of the 64×64 feature grid is weighted by the fraction of it the
 mask covers. The weighted mean is L2-normalised, so cosine similarity is a dot product.
+
+The coverage is computed without resizing any mask: the area resize (an average over a window of source
+rows and columns per output pixel), the padding and the 16×16 patch average are all linear and
+separable, so the (64, 64) coverage of an H×W mask is ``C_y · mask · C_xᵀ`` with a (64, H) and a (W, 64)
+matrix built once per image size (``coverage_matrix``), i.e. two matrix products per mask, on the
+mask's device. It equals the area-resize definition up to float rounding (a test compares them).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -16,20 +25,38 @@ from samsearch.encoder import EncodedImage
 RECIPE = "maskpool-v1"
 
 
+@lru_cache(maxsize=64)
+def _coverage_matrix_np(size: int, resized: int, grid: int, patch: int) -> np.ndarray:
+    """(grid, size) float64: row g = weight of each source pixel in patch g along one axis: the source is
+    area-resized to ``resized`` samples (sample i averages source [⌊i·size/resized⌋, ⌈(i+1)·size/resized⌉),
+    integer bounds as PyTorch's adaptive average pooling computes them), zero-padded to grid·patch, and
+    averaged over blocks of ``patch`` samples."""
+    i = np.arange(resized, dtype=np.int64)
+    start = (i * size) // resized
+    end = -((-(i + 1) * size) // resized)
+    lengths = end - start
+    rows = np.repeat(i // patch, lengths)  # output patch of each (sample, source pixel) pair
+    cols = np.repeat(start, lengths) + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths,
+                                                                             lengths))
+    out = np.zeros((grid, size), dtype=np.float64)
+    np.add.at(out, (rows, cols), np.repeat(1.0 / (patch * lengths), lengths))
+    return out
+
+
+def coverage_matrix(size: int, resized: int, grid: int = 64, patch: int = 16, device=None) -> torch.Tensor:
+    return torch.as_tensor(_coverage_matrix_np(size, resized, grid, patch), dtype=torch.float32, device=device)
+
+
 def mask_patch_weights(masks: torch.Tensor, enc: EncodedImage, grid: int = 64) -> torch.Tensor:
     """(N, H, W) bool masks in original-image pixels → (N, grid*grid) patch coverage fractions."""
-    n = masks.shape[0]
-    h, w = enc.input_size
-    side = grid * 16
-    # Bound memory on big images: resize a few masks at a time.
-    per_chunk = max(1, int(6e7 // max(1, masks.shape[1] * masks.shape[2])))
+    n, h, w = masks.shape
+    c_y = coverage_matrix(h, enc.input_size[0], grid, 16, masks.device)  # (g, H)
+    c_x_t = coverage_matrix(w, enc.input_size[1], grid, 16, masks.device).T.contiguous()  # (W, g)
     out = torch.empty((n, grid * grid), dtype=torch.float32, device=masks.device)
+    per_chunk = max(1, int(3e7 // max(1, h * w)))  # bound the float copy of the masks
     for start in range(0, n, per_chunk):
-        chunk = masks[start:start + per_chunk, None].to(torch.float32)
-        resized = F.interpolate(chunk, size=(h, w), mode="area")  # coverage-preserving resize
-        padded = F.pad(resized, (0, side - w, 0, side - h))
-        cover = F.avg_pool2d(padded, kernel_size=side // grid)
-        out[start:start + per_chunk] = cover.flatten(1)
+        chunk = masks[start:start + per_chunk].to(torch.float32)
+        out[start:start + per_chunk] = (c_y @ chunk @ c_x_t).flatten(1)
     return out
 
 

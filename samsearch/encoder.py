@@ -27,14 +27,37 @@ def resize_transform(sam: Sam) -> ResizeLongestSide:
     return ResizeLongestSide(sam.image_encoder.img_size)
 
 
+def resize_image(sam: Sam, rgb: np.ndarray) -> np.ndarray:
+    """SAM's resize-longest-side (PIL, like ``SamPredictor.set_image``): H×W×3 uint8 → h×w×3 uint8."""
+    return resize_transform(sam).apply_image(rgb)
+
+
+def preprocess_resized(sam: Sam, resized: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+    """A resized uint8 image → (1×3×1024×1024 normalised, padded tensor on the model's device, input_size).
+    On CUDA the upload goes through pinned memory without blocking the host."""
+    tensor = torch.from_numpy(np.ascontiguousarray(resized))
+    if sam.device.type == "cuda":
+        tensor = tensor.pin_memory()
+    tensor = tensor.to(sam.device, non_blocking=True).permute(2, 0, 1).contiguous()[None]
+    input_size = (int(tensor.shape[-2]), int(tensor.shape[-1]))
+    return sam.preprocess(tensor), input_size
+
+
 def preprocess_image(sam: Sam, rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
     """Exactly what ``SamPredictor.set_image`` does before the encoder: resize (PIL, like SAM), to
     tensor, normalise and pad. Returns (1×3×1024×1024 tensor on the model's device, input_size)."""
-    transform = resize_transform(sam)
-    resized = transform.apply_image(rgb)
-    tensor = torch.as_tensor(resized, device=sam.device).permute(2, 0, 1).contiguous()[None]
-    input_size = (int(tensor.shape[-2]), int(tensor.shape[-1]))
-    return sam.preprocess(tensor), input_size
+    return preprocess_resized(sam, resize_image(sam, rgb))
+
+
+@torch.no_grad()
+def encode_resized(sam: Sam, resized: Sequence[np.ndarray],
+                   original_sizes: Sequence[tuple[int, int]]) -> list[EncodedImage]:
+    """One image-encoder call on already-resized images (see :func:`resize_image`). Features are fp32
+    whatever the autocast precision."""
+    prepared = [preprocess_resized(sam, r) for r in resized]
+    feats = sam.image_encoder(torch.cat([t for t, _ in prepared])).float()
+    return [EncodedImage(feats[i:i + 1], (int(size[0]), int(size[1])), input_size)
+            for i, (size, (_, input_size)) in enumerate(zip(original_sizes, prepared, strict=True))]
 
 
 @torch.no_grad()
@@ -43,10 +66,8 @@ def encode_images(sam: Sam, images: Sequence[np.ndarray], batch_size: int = 1) -
     out: list[EncodedImage] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
-        prepared = [preprocess_image(sam, img) for img in chunk]
-        feats = sam.image_encoder(torch.cat([t for t, _ in prepared]))
-        for i, (img, (_, input_size)) in enumerate(zip(chunk, prepared, strict=True)):
-            out.append(EncodedImage(feats[i:i + 1], (int(img.shape[0]), int(img.shape[1])), input_size))
+        out.extend(encode_resized(sam, [resize_image(sam, img) for img in chunk],
+                                  [img.shape[:2] for img in chunk]))
     return out
 
 

@@ -4,22 +4,25 @@ Stages per image: read+hash → decode → encode (once) → masks (auto / boxes
 The image is the unit of atomicity: its row is marked ``running`` before anything is written, vectors
 are upserted (durably) next, and the segments, the ingestion marker and ``done`` are committed in one
 SQL transaction last. A crash anywhere leaves the image not ``done``; the next run of the same command
-redoes the image, overwrites the vectors that attempt left and deletes any beyond the new set. Segment
-ids are deterministic, so a re-run never duplicates anything; segment rows that already exist keep
-their label and cluster fields.
+redoes the image. Segment ids are deterministic, so a
+re-run never duplicates anything.
 
-Per image, :meth:`Ingestor.ingest_one` claims the row (:meth:`Ingestor._claim_image`) and hands it to
-:meth:`Ingestor.process_claimed`, which the queue workers (``samsearch.worker``) call for rows they
-claimed from the queue. Those carry a lease owner: the vector write and the final commit check that the
-lease is still theirs (:class:`LeaseLost` otherwise), so a worker whose lease expired and was taken
-over never marks the image.
+Per image, :meth:`Ingestor.prepare` claims the row (:meth:`Ingestor._claim_image`) and decodes it;
+queue workers (``samsearch.worker``) claim rows from the queue and call :meth:`Ingestor.process_claimed`.
+Those claims carry a lease owner: the vector write and the final commit check that the lease is still
+theirs (:class:`LeaseLost` otherwise), so a worker whose lease expired and was taken over never marks
+the image. A redone image overwrites the vectors of the earlier attempt and deletes any beyond the new
+set; segment rows that already exist keep their label and cluster fields.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -31,12 +34,13 @@ import numpy as np
 import torch
 from sqlalchemy import delete, insert, or_, select, update
 
+from samsearch.accel import ExecutionOptions, autocast, compile_encoder, fused_attention
 from samsearch.amg import AmgSettings, generate_masks
 from samsearch.annotations import AnnotatedImage, AnnotationError, CocoAnnotations, load_coco
 from samsearch.db import Image, ImageStatus, Ingestion, Run, Segment
 from samsearch.db.schema import utcnow
 from samsearch.embed import RECIPE, pool_mask_embeddings
-from samsearch.encoder import EncodedImage, encode_image
+from samsearch.encoder import EncodedImage, encode_resized, resize_image
 from samsearch.errors import InputError, SamsearchError
 from samsearch.home import SEGMENTS, EmbeddingSpace, Home
 from samsearch.imageio import ImageLoadError, collect_image_paths, decode_image, read_bytes_and_hash
@@ -50,6 +54,8 @@ PROMPT_MODES: tuple[str, ...] = ("auto", "boxes", "masks")
 SOURCE_OF_MODE = {"auto": "auto", "boxes": "box", "masks": "mask"}
 SEGMENT_NAMESPACE = uuid.UUID("5b0e6a4e-3c1f-4f57-9a51-7d0c2f9b8e11")
 DEFAULT_MAX_PIXELS = 200_000_000
+# Per-stage timers of IngestSummary.stage_seconds ("transfer": masks and vectors to host memory).
+STAGES: tuple[str, ...] = ("decode", "encode", "masks", "pooling", "transfer", "rle", "vectors", "sql")
 
 
 @dataclass
@@ -60,6 +66,8 @@ class IngestOptions:
     amg: AmgSettings = field(default_factory=AmgSettings)
     max_pixels: int = DEFAULT_MAX_PIXELS
     box_batch: int = 64
+    # How to run (decoder, precision, batch sizes, pipeline): not part of the settings hash.
+    execution: ExecutionOptions = field(default_factory=ExecutionOptions)
 
     def settings_hash(self, model: LoadedModel) -> str:
         """Everything that decides which segments and vectors an image yields (not the dataset name)."""
@@ -94,6 +102,13 @@ class IngestSummary:
         d["failures"] = [f.__dict__ for f in self.failures]
         return d
 
+    def merge(self, other: IngestSummary) -> None:
+        """Add the image counts and failures of ``other`` (a per-image summary from a worker thread)."""
+        for name in ("images_seen", "images_ingested", "images_skipped", "images_failed",
+                     "images_without_annotations", "segments", "empty_masks_dropped"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.failures.extend(other.failures)
+
 
 @dataclass
 class SegmentedImage:
@@ -116,6 +131,38 @@ class SegmentedImage:
 
     def __len__(self) -> int:
         return int(self.masks.shape[0])
+
+
+@dataclass
+class PreparedImage:
+    """A claimed, decoded image waiting for the model (``resized``: SAM's input, when a loader made it)."""
+
+    path: Path
+    content_hash: str
+    size: int
+    image_id: int
+    cleanup: bool  # an earlier attempt may have left vectors behind
+    rgb: np.ndarray
+    annotated: AnnotatedImage | None
+    resized: np.ndarray | None = None
+    run_id: int | None = None
+    lease_owner: str | None = None  # set for queue claims: writes check the lease is still ours
+
+
+@dataclass
+class ComputedImage:
+    """Masks and embeddings of one image, on the model's device, waiting for the writer."""
+
+    seg: SegmentedImage
+    vectors: torch.Tensor  # (N, C) float32
+    valid: torch.Tensor  # (N,) bool
+    host_masks: torch.Tensor | None = None  # set when a copy to host memory was started early
+    ready: Any = None  # CUDA event the early copy completes at
+
+    def masks_host(self) -> torch.Tensor:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.host_masks if self.host_masks is not None else self.seg.masks.cpu()
 
 
 @dataclass
@@ -177,8 +224,9 @@ def segment_image(
     sam = model.sam
     h, w = enc.original_size
     t0 = time.perf_counter()
+    exact = options.execution.decoder == "exact"
     if options.prompts == "auto":
-        gen = generate_masks(sam, enc, options.amg)
+        gen = generate_masks(sam, enc, options.amg, exact=exact, decoder_group=options.execution.decoder_group)
         out = SegmentedImage(
             gen.masks,
             gen.boxes_xyxy.cpu().numpy(),
@@ -195,7 +243,7 @@ def segment_image(
         boxes = np.array([[a.bbox_xywh[0], a.bbox_xywh[1], a.bbox_xywh[0] + a.bbox_xywh[2],
                            a.bbox_xywh[1] + a.bbox_xywh[3]] for a in anns], dtype=np.float32).reshape(-1, 4)
         if options.prompts == "boxes":
-            masks, ious = masks_from_boxes(sam, enc, boxes, options.box_batch)
+            masks, ious = masks_from_boxes(sam, enc, boxes, options.box_batch, exact=exact)
             out = SegmentedImage(masks, boxes, ious.cpu().tolist(), [None] * len(anns),
                                  [{"box": [round(float(v), 2) for v in b]} for b in boxes], ids, cats)
         else:
@@ -220,7 +268,12 @@ class Ingestor:
             raise InputError(f"--prompts {options.prompts} needs --annotations FILE (COCO JSON)")
         self.home = home
         self.model = model
+        options = dataclasses.replace(options, execution=options.execution.resolved(model))
         self.options = options
+        self.execution = options.execution
+        self._claims = threading.Lock()
+        if self.execution.compile:
+            compile_encoder(model.sam)
         self.settings_hash = options.settings_hash(model)
         self.coco: CocoAnnotations | None = None
         if options.annotations is not None:
@@ -241,6 +294,7 @@ class Ingestor:
                 "annotations": str(self.options.annotations) if self.options.annotations else None,
                 "model": self.model.name, "model_key": self.model.key, "device": str(self.model.device),
                 "amg": self.options.amg.as_dict(), "settings_hash": self.settings_hash, "recipe": RECIPE,
+                "execution": self.execution.as_dict(),
             })
             s.add(run)
             s.flush()
@@ -298,26 +352,54 @@ class Ingestor:
             img.error = reason
             img.run_id = run_id
 
-    # -- the per-image work ----------------------------------------------------------------------
+    # -- the per-image work: prepare → encode → compute → store ------------------------------------
+    # ingest_one runs the steps in sequence; samsearch.pipeline runs them overlapped in threads.
     def ingest_one(self, path: Path, run_id: int, summary: IngestSummary, timings: dict[str, float]) -> None:
+        prepared = self.prepare(path, run_id, summary, timings)
+        if prepared is None:
+            return
+        enc = self.encode([prepared], timings)[0]
+        computed = self.compute(prepared, enc, run_id, summary, timings)
+        if computed is not None:
+            self.store(prepared, computed, run_id, summary, timings)
+
+    def prepare(self, path: Path, run_id: int, summary: IngestSummary,
+                timings: dict[str, float]) -> PreparedImage | None:
+        """Read, hash, claim and decode one file. None when it is skipped or failed (recorded)."""
         summary.images_seen += 1
         t0 = time.perf_counter()
         try:
             data, content_hash = read_bytes_and_hash(path)
         except ImageLoadError as exc:
             self._fail(summary, None, path, None, None, exc.reason, run_id)
-            return
-        image_id, done, cleanup = self._claim_image(content_hash, path, len(data), run_id)
+            return None
+        with self._claims:  # one claim at a time: concurrent loaders must not race on a new row
+            image_id, done, cleanup = self._claim_image(content_hash, path, len(data), run_id)
         if done:
             summary.images_skipped += 1
-            return
+            return None
         timings["decode"] += time.perf_counter() - t0
-        self.process_claimed(ClaimedImage(image_id, path, content_hash, data, run_id, cleanup), summary, timings)
+        return self.prepare_claimed(ClaimedImage(image_id, path, content_hash, data, run_id, cleanup), summary,
+                                    timings)
 
     def process_claimed(self, item: ClaimedImage, summary: IngestSummary, timings: dict[str, float]) -> bool:
-        """Segment, embed and store one claimed image; True when stored, False when it failed (recorded
-        with its reason). Raises LeaseLost (nothing written after the check) when ``item`` is a queue
-        claim that another worker took over, and store errors (the image then stays not done)."""
+        """Segment, embed and store one claimed image (the queue workers' entry point); True when stored,
+        False when it failed (recorded with its reason). Raises LeaseLost (nothing written after the check)
+        when ``item`` is a queue claim that another worker took over, and store errors (the image then
+        stays not done)."""
+        prepared = self.prepare_claimed(item, summary, timings)
+        if prepared is None:
+            return False
+        enc = self.encode([prepared], timings)[0]
+        computed = self.compute(prepared, enc, item.run_id, summary, timings)
+        if computed is None:
+            return False
+        self.store(prepared, computed, item.run_id, summary, timings)
+        return True
+
+    def prepare_claimed(self, item: ClaimedImage, summary: IngestSummary,
+                        timings: dict[str, float]) -> PreparedImage | None:
+        """Decode a claimed image and find its annotations. None when it failed (recorded)."""
         path, data, image_id, content_hash, run_id = item.path, item.data, item.image_id, item.content_hash, \
             item.run_id
         owner = item.lease_owner
@@ -326,7 +408,7 @@ class Ingestor:
             rgb = decode_image(data, path, self.options.max_pixels)
         except ImageLoadError as exc:
             self._fail(summary, image_id, path, content_hash, len(data), exc.reason, run_id, owner)
-            return False
+            return None
         timings["decode"] += time.perf_counter() - t0
 
         annotated = None
@@ -338,46 +420,72 @@ class Ingestor:
                 self._fail(summary, image_id, path, content_hash, len(data),
                            f"size {rgb.shape[1]}x{rgb.shape[0]} differs from the annotations' "
                            f"{annotated.width}x{annotated.height} in {self.coco.path}", run_id, owner)
-                return False
+                return None
+        return PreparedImage(path, content_hash, len(data), image_id, item.cleanup, rgb, annotated,
+                             run_id=run_id, lease_owner=owner)
 
+    def encode(self, images: Sequence[PreparedImage], timings: dict[str, float]) -> list[EncodedImage]:
+        """One image-encoder call for a batch of prepared images."""
+        t0 = time.perf_counter()
+        sam = self.model.sam
+        with self.model_context():
+            encs = encode_resized(sam, [p.resized if p.resized is not None else resize_image(sam, p.rgb)
+                                        for p in images], [p.rgb.shape[:2] for p in images])
+        _sync(self.model)
+        timings["encode"] += time.perf_counter() - t0
+        return encs
+
+    def compute(self, prepared: PreparedImage, enc: EncodedImage, run_id: int, summary: IngestSummary,
+                timings: dict[str, float]) -> ComputedImage | None:
+        """Masks and pooled embeddings of one encoded image, on the model's device. None when the image's
+        annotations are malformed (recorded as failed)."""
         try:
-            t0 = time.perf_counter()
-            enc = encode_image(self.model.sam, rgb)
-            _sync(self.model)
-            timings["encode"] += time.perf_counter() - t0
-            seg = segment_image(self.model, enc, self.options, annotated, timings)
+            with self.model_context():
+                seg = segment_image(self.model, enc, self.options, prepared.annotated, timings)
             t0 = time.perf_counter()
             vectors, valid = pool_mask_embeddings(seg.masks, enc)
-            vectors_np = vectors.cpu().numpy().astype(np.float32)
-            valid_np = valid.cpu().numpy()
-            masks_np = seg.masks.cpu().numpy()
+            _sync(self.model)
             timings["pooling"] += time.perf_counter() - t0
         except ValueError as exc:  # malformed annotation geometry for this image
-            self._fail(summary, image_id, path, content_hash, len(data), str(exc), run_id, owner)
-            return False
+            p = prepared
+            self._fail(summary, p.image_id, p.path, p.content_hash, p.size, str(exc), run_id, p.lease_owner)
+            return None
+        return ComputedImage(seg, vectors, valid)
+
+    def store(self, prepared: PreparedImage, computed: ComputedImage, run_id: int, summary: IngestSummary,
+              timings: dict[str, float]) -> None:
+        """Write one image: vectors (durable) first, then segments + ingestion marker + ``done`` in one
+        SQL transaction."""
+        image_id, content_hash, cleanup, rgb = prepared.image_id, prepared.content_hash, prepared.cleanup, \
+            prepared.rgb
+        seg = computed.seg
+        t0 = time.perf_counter()
+        masks_np = computed.masks_host().numpy()  # waits for an early copy to host, if one was started
+        vectors_np = computed.vectors.cpu().numpy().astype(np.float32)
+        valid_np = computed.valid.cpu().numpy()
+        timings["transfer"] += time.perf_counter() - t0
 
         rows, payloads, ids = self._segment_rows(seg, masks_np, valid_np, image_id, content_hash, timings)
         summary.empty_masks_dropped += int((~valid_np).sum())
         vectors_np = vectors_np[valid_np]
 
         t0 = time.perf_counter()
-        if item.cleanup:
+        if cleanup:
             self._carry_labels(image_id, ids, payloads)
-        if owner is not None:
+        if prepared.lease_owner is not None:
             with self.home.db.session() as s:  # fence: never write for a lease another worker took over
-                _check_lease(s.get(Image, image_id), owner)
-        self._write_vectors(item, ids, vectors_np, payloads)
+                _check_lease(s.get(Image, image_id), prepared.lease_owner)
+        self._write_vectors(prepared, ids, vectors_np, payloads)
         timings["vectors"] += time.perf_counter() - t0
         _fault("after_vectors")
 
         t0 = time.perf_counter()
-        self._commit(item, rows, (int(rgb.shape[0]), int(rgb.shape[1])))
+        self._commit(prepared, run_id, rows, (int(rgb.shape[0]), int(rgb.shape[1])))
         timings["sql"] += time.perf_counter() - t0
         summary.images_ingested += 1
         summary.segments += len(rows)
-        return True
 
-    def _write_vectors(self, item: ClaimedImage, ids: list[str], vectors: np.ndarray,
+    def _write_vectors(self, item: PreparedImage, ids: list[str], vectors: np.ndarray,
                        payloads: list[dict[str, Any]]) -> None:
         """Upsert this attempt's points (one batched, durable call), then, after an earlier attempt,
         delete the points it left beyond this attempt's ids. Upsert first: a crash in between leaves
@@ -405,7 +513,8 @@ class Ingestor:
                 payloads[at[sid]].update({key: v for key, v in zip(LABEL_PAYLOAD_KEYS.values(), values, strict=True)
                                           if v is not None})
 
-    def _commit(self, item: ClaimedImage, rows: list[dict[str, Any]], size_hw: tuple[int, int]) -> None:
+    def _commit(self, item: PreparedImage, run_id: int, rows: list[dict[str, Any]],
+                size_hw: tuple[int, int]) -> None:
         """Segments, the ingestion marker and ``done`` in one transaction. Rows that already exist (a
         redone image) are updated in place, so their label and cluster fields survive; rows beyond
         the new set are deleted."""
@@ -427,15 +536,23 @@ class Ingestor:
             marker = s.execute(select(Ingestion).where(Ingestion.image_id == item.image_id,
                                                        Ingestion.settings_hash == self.settings_hash)).scalar()
             if marker is None:
-                s.add(Ingestion(image_id=item.image_id, settings_hash=self.settings_hash, run_id=item.run_id,
+                s.add(Ingestion(image_id=item.image_id, settings_hash=self.settings_hash, run_id=run_id,
                                 n_segments=len(rows)))
             else:
-                marker.n_segments, marker.run_id = len(rows), item.run_id
+                marker.n_segments, marker.run_id = len(rows), run_id
             img.status = ImageStatus.done.value
             img.error = None
             img.height, img.width = size_hw
             img.lease_owner = None
             img.lease_expires_at = None
+
+    def model_context(self) -> contextlib.ExitStack:
+        """no_grad + the precision's autocast + fused encoder attention, for the model stages."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.no_grad())
+        stack.enter_context(autocast(self.model.device, self.execution.precision))
+        stack.enter_context(fused_attention(self.model.sam, self.execution.fused_attention))
+        return stack
 
     def _fail(self, summary, image_id, path, content_hash, size, reason, run_id, owner=None) -> None:
         self._mark_failed(image_id, path, content_hash, size, reason, run_id, owner)  # LeaseLost: not ours
@@ -480,16 +597,21 @@ class Ingestor:
             raise InputError(str(exc)) from exc
         run_id = self.start_run([str(i) for i in inputs])
         summary = IngestSummary(run_id=run_id)
-        timings = {k: 0.0 for k in ("decode", "encode", "masks", "pooling", "rle", "vectors", "sql")}
+        timings = {k: 0.0 for k in STAGES}
         started = time.perf_counter()
         status = "interrupted"
         try:
             from tqdm import tqdm
 
-            for path in tqdm(paths, desc="ingest", unit="img", disable=not progress):
-                self.ingest_one(path, run_id, summary, timings)
-                if on_image is not None:
-                    on_image(path)
+            if self.execution.pipeline:
+                from samsearch.pipeline import run_pipeline
+
+                run_pipeline(self, paths, run_id, summary, timings, progress, on_image)
+            else:
+                for path in tqdm(paths, desc="ingest", unit="img", disable=not progress):
+                    self.ingest_one(path, run_id, summary, timings)
+                    if on_image is not None:
+                        on_image(path)
             status = "done"
         finally:
             summary.seconds = time.perf_counter() - started

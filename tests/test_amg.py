@@ -37,7 +37,7 @@ def test_amg_matches_segment_anything(tiny_model, shapes, settings):
         # SAM's own small-region removal needs OpenCV; compare against its algorithm on our port.
         import cv2  # noqa: F401  (installed with the dev extras)
     reference = SamAutomaticMaskGenerator(tiny_model.sam, **ref_kwargs).generate(rgb)
-    ours = generate_masks(tiny_model.sam, encode_image(tiny_model.sam, rgb), AmgSettings(**settings))
+    ours = generate_masks(tiny_model.sam, encode_image(tiny_model.sam, rgb), AmgSettings(**settings), exact=True)
     assert len(reference) >= 2, "settings must leave several masks to compare"
     assert len(ours) == len(reference)
     masks = ours.masks.numpy()
@@ -56,7 +56,7 @@ def test_amg_default_thresholds_filter_random_masks(tiny_model, shapes):
     rgb = load_image(shapes.images[1].path).rgb
     settings = AmgSettings(points_per_side=2)
     ref = SamAutomaticMaskGenerator(tiny_model.sam, points_per_side=2).generate(rgb)
-    ours = generate_masks(tiny_model.sam, encode_image(tiny_model.sam, rgb), settings)
+    ours = generate_masks(tiny_model.sam, encode_image(tiny_model.sam, rgb), settings, exact=True)
     assert len(ours) == len(ref)
 
 

@@ -44,7 +44,8 @@ def test_ingest_then_stats_json(tmp_path, shapes):
     summary = json.loads(result.stdout)
     assert summary["images_ingested"] == len(shapes.images)
     assert summary["segments"] == len(shapes.objects)
-    assert set(summary["stage_seconds"]) == {"decode", "encode", "masks", "pooling", "rle", "vectors", "sql"}
+    assert set(summary["stage_seconds"]) == {"decode", "encode", "masks", "pooling", "transfer", "rle", "vectors",
+                                             "sql", "wait_input", "wait_output", "drain"}
 
     result = runner.invoke(app, ["--home", str(home), "stats", "--json"])
     assert result.exit_code == 0
@@ -118,7 +119,8 @@ def test_crash_between_vector_and_sql_write_then_clean_rerun(tmp_path, shapes):
         with h.db.session() as s:
             statuses = sorted(i.status for i in s.query(Image))
             n_sql = s.query(Segment).count()
-        assert statuses == ["done", "done", "running"]
+        # images 1-2 are done; the 3rd (and any the loaders had claimed ahead of it) is still running
+        assert statuses.count("done") == 2 and set(statuses) == {"done", "running"}
         assert h.vectors.count(SEGMENTS) > n_sql  # the crashed image's vectors are there, its rows are not
 
     assert _run_cli(args(tmp_path / "crash")).returncode == 0

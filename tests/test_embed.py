@@ -71,3 +71,24 @@ def test_pooling_matches_encoder_frame_of_real_image(tiny_model):
     enc = encode_image(tiny_model.sam, rgb)
     assert enc.original_size == (192, 256) and enc.input_size == (768, 1024)
     assert enc.features.shape == (1, 256, 64, 64)
+
+
+def _area_resize_weights(masks, enc, grid=64):
+    """The pooling weights as first defined (maskpool-v1): area-resize each mask to SAM's input frame, pad
+    to 1024×1024, average 16×16 patches. mask_patch_weights must give the same numbers without resizing."""
+    h, w = enc.input_size
+    resized = torch.nn.functional.interpolate(masks[:, None].float(), size=(h, w), mode="area")
+    padded = torch.nn.functional.pad(resized, (0, grid * 16 - w, 0, grid * 16 - h))
+    return torch.nn.functional.avg_pool2d(padded, kernel_size=16).flatten(1)
+
+
+@pytest.mark.parametrize("h, w", [(192, 256), (256, 512), (512, 256), (100, 100), (1000, 1333), (37, 1500),
+                                  (2048, 1024), (3, 5)])
+def test_separable_weights_equal_the_area_resize_definition(h, w):
+    enc = _enc(h, w)
+    g = torch.Generator().manual_seed(h * w)
+    masks = torch.rand((4, h, w), generator=g) > 0.6
+    masks[0] = False
+    masks[1] = True
+    masks[2, : h // 3, w // 2:] = False  # a block edge that does not fall on a patch edge
+    assert torch.allclose(mask_patch_weights(masks, enc), _area_resize_weights(masks, enc), rtol=0, atol=1e-6)

@@ -29,6 +29,24 @@ def ingest(
     min_mask_region_area: int = typer.Option(0, "--min-mask-region-area", min=0),
     max_pixels: int = typer.Option(200_000_000, "--max-pixels",
                                    help="Larger images are recorded as failed (decompression-bomb guard)."),
+    decoder: str = typer.Option("fast", "--decoder",
+                                help="fast: samsearch's mask decoder (same masks up to float rounding, several "
+                                     "times faster); exact: segment_anything's own, bit-identical."),
+    precision: str = typer.Option("fp32", "--precision",
+                                  help="fp32, bf16 or fp16 autocast for the encoder and decoder (fp16: CUDA "
+                                       "only). Stored vectors are fp32 either way."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the image encoder (CUDA only)."),
+    fused_attention: bool = typer.Option(True, "--fused-attention/--no-fused-attention",
+                                         help="Fused scaled-dot-product attention in the image encoder."),
+    encoder_batch: int = typer.Option(None, "--encoder-batch", min=1,
+                                      help="Images per encoder call [default: 1 on CPU; on CUDA what memory "
+                                           "allows, up to 8]."),
+    decoder_group: int = typer.Option(None, "--decoder-group", min=1,
+                                      help="Prompts per fast-decoder step [default: 4 on CPU, 64 on CUDA]."),
+    box_batch: int = typer.Option(64, "--box-batch", min=1, help="Boxes per decoder call (--prompts boxes)."),
+    loaders: int = typer.Option(2, "--loaders", min=1, help="Threads reading and decoding images."),
+    sequential: bool = typer.Option(False, "--sequential",
+                                    help="One image at a time in one thread (no overlapped pipeline)."),
     enqueue: bool = typer.Option(False, "--enqueue",
                                  help="Only record the images as pending work (hashed, not decoded; no model "
                                       "is loaded) for `samsearch worker` processes to take."),
@@ -41,19 +59,25 @@ def ingest(
     With --enqueue the images are queued instead, for `samsearch worker` (see `samsearch queue status`).
     Exit code 3 when some images failed (they are listed; see also `samsearch stats`).
     """
+    from samsearch.accel import ExecutionOptions
     from samsearch.amg import AmgSettings
     from samsearch.ingest import IngestOptions, Ingestor
-    from samsearch.models import load_model
+    from samsearch.models import load_model, select_device
 
     options = IngestOptions(
         dataset=dataset, prompts=prompts, annotations=annotations, max_pixels=max_pixels,  # type: ignore[arg-type]
         amg=AmgSettings(points_per_side=points_per_side, points_per_batch=points_per_batch,
                         pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
                         box_nms_thresh=box_nms_thresh, min_mask_region_area=min_mask_region_area),
+        box_batch=box_batch,
+        execution=ExecutionOptions(decoder=decoder, precision=precision, compile=compile_,
+                                   fused_attention=fused_attention, encoder_batch=encoder_batch,
+                                   decoder_group=decoder_group, loaders=loaders, pipeline=not sequential),
     )
     if enqueue:
         _enqueue(ctx, paths, model, options, checkpoint, as_json, quiet)
         return
+    options.execution.validate(select_device(device))  # before any download
     loaded = load_model(model, checkpoint=checkpoint, device=device, progress=not quiet)
     home = open_home_from(ctx)
     try:
