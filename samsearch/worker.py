@@ -30,7 +30,7 @@ from samsearch.db.engine import DatabaseError
 from samsearch.errors import InputError, one_line
 from samsearch.home import Home
 from samsearch.imageio import ImageLoadError, read_bytes_and_hash
-from samsearch.ingest import ClaimedImage, Failure, Ingestor, IngestSummary, LeaseLost
+from samsearch.ingest import STAGES, ClaimedImage, Failure, Ingestor, IngestSummary, LeaseLost
 from samsearch.models import LoadedModel, load_model
 from samsearch.queue import (
     DEFAULT_LEASE_SECONDS,
@@ -47,8 +47,6 @@ from samsearch.queue import (
     release,
     renew,
 )
-
-STAGES = ("decode", "encode", "masks", "pooling", "rle", "vectors", "sql")
 
 
 @dataclass
