@@ -2,7 +2,8 @@
 
 Stored images are matched to the ground truth's images by file path (the COCO ``file_name`` as a suffix
 of the stored path, else a unique basename, as ingest matches them). Within an image, segments and
-ground-truth objects (crowd regions left out) are matched one to one, greedily by mask IoU (highest
+ground-truth objects (crowd regions left out; ``source`` restricts segments to one way of making them)
+are matched one to one, greedily by mask IoU (highest
 first), when the IoU is at least ``iou`` (0.5). A ground-truth object without a segmentation counts with
 its box as its mask.
 
@@ -46,6 +47,7 @@ class EvalReport:
     annotations: str
     dataset: str | None
     iou_threshold: float
+    source: str | None = None
     images_matched: int = 0
     gt_images_missing: int = 0  # ground-truth images with no stored image
     gt_objects: int = 0
@@ -72,21 +74,29 @@ class EvalReport:
         return d
 
 
-def evaluate(home: Home, annotations: Path | str, dataset: str | None = None, iou: float = 0.5) -> EvalReport:
-    """Match the home's segments to the ground truth in ``annotations`` (COCO) and score them."""
+def evaluate(home: Home, annotations: Path | str, dataset: str | None = None, iou: float = 0.5,
+             source: str | None = None) -> EvalReport:
+    """Match the home's segments to the ground truth in ``annotations`` (COCO) and score them. ``source``
+    (auto, box or mask) keeps only segments made that way, and only images that have such segments: a
+    home can hold several segmentations of the same images."""
     if not 0.0 < iou <= 1.0:
         raise InputError(f"--iou must be in (0, 1], got {iou}")
+    if source not in (None, "auto", "box", "mask"):
+        raise InputError(f"--source must be auto, box or mask, not {source!r}")
     try:
         gt = load_coco(annotations)
     except AnnotationError as exc:
         raise InputError(str(exc)) from exc
-    report = EvalReport(str(annotations), dataset, iou)
+    report = EvalReport(str(annotations), dataset, iou, source)
 
     with home.db.session() as s:
         conds = [Image.status == ImageStatus.done.value]
         if dataset is not None:
             conds.append(Image.dataset == dataset)
-        stored = s.execute(select(Image.id, Image.path).where(*conds).order_by(Image.id)).all()
+        query = select(Image.id, Image.path).where(*conds).order_by(Image.id)
+        if source is not None:
+            query = query.where(Image.id.in_(select(Segment.image_id).where(Segment.source == source)))
+        stored = s.execute(query).all()
     pairs: dict[int, int] = {}  # gt image id -> stored image id
     for image_id, path in stored:
         entry = gt.find_image(path)
@@ -94,7 +104,8 @@ def evaluate(home: Home, annotations: Path | str, dataset: str | None = None, io
             pairs[entry.id] = image_id
     if not pairs:
         where = f"dataset {dataset!r}" if dataset else "this home"
-        raise InputError(f"{annotations}: none of its {len(gt.images)} images is stored in {where} "
+        made = f" with {source} segments" if source else ""
+        raise InputError(f"{annotations}: none of its {len(gt.images)} images is stored in {where}{made} "
                          "(images are matched by file name)")
     report.images_matched = len(pairs)
     report.gt_images_missing = len(gt.images) - len(pairs)
@@ -111,8 +122,10 @@ def evaluate(home: Home, annotations: Path | str, dataset: str | None = None, io
     for gt_id, image_id in sorted(pairs.items()):
         entry = gt.images[gt_id]
         with home.db.session() as s:
-            segs = s.execute(select(Segment).where(Segment.image_id == image_id)
-                             .order_by(Segment.settings_hash, Segment.segment_index)).scalars().all()
+            query = select(Segment).where(Segment.image_id == image_id)
+            if source is not None:
+                query = query.where(Segment.source == source)
+            segs = s.execute(query.order_by(Segment.settings_hash, Segment.segment_index)).scalars().all()
         objects, gt_rles = [], []
         for ann in entry.annotations:
             if ann.iscrowd:

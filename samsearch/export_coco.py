@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, distinct, func, select
+from sqlalchemy import and_, func, select
 
 from samsearch.bank import UNKNOWN
 from samsearch.db import Image, ImageStatus, Segment
@@ -72,7 +72,7 @@ def export_coco(home: Home, out: Path | str, dataset: str | None = None, labeled
     seg_conds = _segment_filter(dataset, labeled_only, min_score)
     with home.db.session() as s:
         if dataset is not None and not s.execute(select(Image.id).where(Image.dataset == dataset).limit(1)).first():
-            known = s.execute(select(distinct(Image.dataset)).order_by(Image.dataset)).scalars().all()
+            known = s.execute(select(Image.dataset).distinct().order_by(Image.dataset)).scalars().all()
             raise InputError(f"no dataset {dataset!r} in this home (datasets: {', '.join(known) or 'none'})")
         labels = s.execute(
             select(func.coalesce(Segment.label, UNLABELED), func.count())

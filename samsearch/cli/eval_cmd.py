@@ -20,6 +20,9 @@ def eval_(
     annotations: Path = typer.Option(..., "--annotations", help="Ground truth as COCO JSON."),
     dataset: str = typer.Option(None, "--dataset", help="Only images of this dataset."),
     iou: float = typer.Option(0.5, "--iou", help="Mask IoU needed to match a segment to an object."),
+    source: str = typer.Option(None, "--source",
+                               help="Only segments made this way: auto, box or mask (a home may hold several "
+                                    "segmentations of the same images)."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON."),
 ) -> None:
     """Match segments to ground-truth objects by mask IoU and report label accuracy, per-class precision
@@ -28,7 +31,7 @@ def eval_(
 
     home = open_home_from(ctx)
     try:
-        report = evaluate(home, annotations, dataset=dataset, iou=iou)
+        report = evaluate(home, annotations, dataset=dataset, iou=iou, source=source)
     finally:
         home.close()
     if as_json:
