@@ -17,7 +17,8 @@ is ``score`` minus the best similarity of any other class. Below ``min_score`` o
 ``unknown`` (stored with its score, so re-running without ``relabel`` leaves it alone).
 
 Write-back per batch: SQL first (the batch's rows into a temporary table, then one ``UPDATE segments ...
-FROM`` that table; on Postgres the temporary table is filled with ``COPY``), then the vector payload:
+FROM`` that table; on Postgres the temporary table is filled with ``COPY``; it runs on a worker thread,
+overlapping the store's reads and writes), then the vector payload:
 ``label``, ``label_score``, ``label_source = "bank"``, ``bank``, written with one ``set_payload`` call per
 distinct (label, score rounded to 0.01) over up to ``8 × batch_size`` segments; Qdrant Edge flushes once per
 run (its WAL protects every write against a process crash meanwhile). SQL keeps the exact score; the
@@ -36,11 +37,12 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Column, Float, MetaData, String, Table, text, update
+from sqlalchemy import Column, Connection, Float, MetaData, String, Table, text, update
 
 from samsearch.bank import UNKNOWN, get_bank, load_centroids
 from samsearch.db import Run, Segment
@@ -181,12 +183,23 @@ def label_segments(home: Home, options: LabelOptions, progress: bool = True,
     if not options.overwrite_manual:
         summary.kept_manual = home.vectors.count(SEGMENTS, Filter.of(*base, Match("label_source", MANUAL)))
 
-    stage = dict.fromkeys(("read", "classify", "sql", "payload"), 0.0)
+    stage = dict.fromkeys(("read", "classify", "sql_wait", "payload"), 0.0)
     counts: Counter[str] = Counter()
     pending = _PendingPayloads(options.bank)
     started = time.perf_counter()
     status = "interrupted"
+    # SQL runs on one worker thread, overlapping the store reads and payload writes (SQLite and psycopg
+    # release the GIL while a statement runs); a batch's payload is written only after its SQL committed.
     writer = _SqlWriter(home, options.bank)
+    sql = ThreadPoolExecutor(max_workers=1, thread_name_prefix="label-sql")
+    waiting: list[Future[None]] = []
+
+    def settle(keep: int = 0) -> None:
+        t = time.perf_counter()
+        while len(waiting) > keep:
+            waiting.pop(0).result()
+        stage["sql_wait"] += time.perf_counter() - t
+
     try:
         with home.vectors.deferred_flush(), tqdm(total=summary.selected, desc="label", unit="seg",
                                                  disable=not progress, unit_scale=True) as bar:
@@ -196,22 +209,22 @@ def label_segments(home: Home, options: LabelOptions, progress: bool = True,
                 stage["read"] += t1 - t0
                 cls, score, _ = clf.classify(x, options.k, options.min_score, options.margin)
                 labels = names[cls]
-                t2 = time.perf_counter()
-                stage["classify"] += t2 - t1
-                writer.write(ids, labels, score)  # SQL before the payload: see "Resumable" above
-                t3 = time.perf_counter()
-                stage["sql"] += t3 - t2
-                _crash_point("label_after_sql")
+                stage["classify"] += time.perf_counter() - t1
+                waiting.append(sql.submit(writer.write, ids, labels, score))
+                settle(keep=2)  # bounded queue: at most two batches ahead of SQL
                 pending.add(ids, cls, score)
                 if len(pending) >= options.payload_group:
+                    settle()  # SQL before the payload: see "Resumable" above
+                    t3 = time.perf_counter()
                     pending.flush(home, names)
-                stage["payload"] += time.perf_counter() - t3
+                    stage["payload"] += time.perf_counter() - t3
                 counts.update(labels.tolist())
                 summary.labeled += len(ids)
                 bar.update(len(ids))
                 if on_batch is not None:
                     on_batch(summary.labeled)
                 t0 = time.perf_counter()
+            settle()
             t3 = time.perf_counter()
             pending.flush(home, names)
             stage["payload"] += time.perf_counter() - t3
@@ -220,9 +233,13 @@ def label_segments(home: Home, options: LabelOptions, progress: bool = True,
         status = "failed"
         raise
     finally:
-        writer.close()
+        for f in waiting:
+            f.cancel()  # not started: neither SQL nor payload written; a re-run picks them up
+        sql.submit(writer.close).result()  # after the write in flight, on the thread that owns the connection
+        sql.shutdown()
         summary.seconds = time.perf_counter() - started
         summary.counts = {k: int(v) for k, v in sorted(counts.items())}
+        stage["sql"] = writer.seconds  # worker time, mostly hidden behind the store work
         summary.stage_seconds = {k: round(v, 4) for k, v in stage.items()}
         _finish_run(home, summary, status)
     return summary
@@ -277,21 +294,27 @@ class _SqlWriter:
     """Bulk label updates: a batch goes into a temporary table, then one UPDATE ... FROM joins it.
 
     SQLite (≥ 3.33) and Postgres both run ``UPDATE segments SET ... FROM t WHERE segments.id = t.id``; the
-    temporary table is filled with executemany on SQLite and COPY on Postgres. One connection is held for
-    the run (temporary tables belong to a connection); every batch commits on its own."""
+    temporary table is filled with executemany on SQLite and COPY on Postgres. One connection, opened by
+    the first write on the calling thread, is held for the run (temporary tables belong to a connection);
+    every batch commits on its own."""
 
     TABLE = "samsearch_label_batch"
 
     def __init__(self, home: Home, bank: str) -> None:
+        self.home = home
         self.bank = bank
         self.dialect = home.db.dialect
-        self.conn = home.db.engine.connect()
+        self.conn: Connection | None = None
+        self.seconds = 0.0
         self.table = Table(self.TABLE, MetaData(), Column("id", String(36), primary_key=True),
                            Column("label", String(200)), Column("score", Float), prefixes=["TEMPORARY"])
-        with self.conn.begin():
-            self.table.create(self.conn, checkfirst=False)
 
     def write(self, ids: Sequence[str], labels: np.ndarray, scores: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        if self.conn is None:
+            self.conn = self.home.db.engine.connect()
+            with self.conn.begin():
+                self.table.create(self.conn)
         rows = list(zip(ids, labels.tolist(), scores.astype(np.float64).tolist(), strict=True))
         with self.conn.begin():
             self.conn.exec_driver_sql(f"DELETE FROM {self.TABLE}")
@@ -307,13 +330,18 @@ class _SqlWriter:
                      f"label_bank = :bank FROM {self.TABLE} AS b WHERE segments.id = b.id"),
                 {"bank": self.bank},
             )
+        self.seconds += time.perf_counter() - t0
+        _crash_point("label_after_sql")
 
     def close(self) -> None:
+        if self.conn is None:
+            return
         try:
             with self.conn.begin():
                 self.table.drop(self.conn, checkfirst=True)
         finally:
             self.conn.close()
+            self.conn = None
 
 
 def _crash_point(point: str) -> None:
