@@ -8,14 +8,21 @@ stderr. Exit codes: 0 success; 1 an error (bad input, missing model, store failu
 from __future__ import annotations
 
 from samsearch.cli import (  # noqa: F401  (registers commands)
+from samsearch.cli import (  # noqa: F401  (registers commands)
+    bank_cmd,
     db_cmd,
+    demo_cmd,
     doctor_cmd,
+    eval_cmd,
     export_cmd,
+    export_coco_cmd,
     ingest_cmd,
+    label_cmd,
     queue_cmd,
     search_cmd,
     stats_cmd,
     worker_cmd,
+)
 )
 from samsearch.cli.app import app
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -136,6 +137,16 @@ class VectorStore(Protocol):
         with_vectors: bool = False,
     ) -> Iterator[list[Record]]:
         """Every matching point, in batches, ordered by id."""
+
+    def scroll_vectors(
+        self, name: str, flt: Filter | None = None, batch_size: int = 8192
+    ) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Every matching point's id and vector, in batches ordered by id, without payloads: ``(ids,
+        float32 (n, dim) matrix)``. The bulk path for jobs that read every vector (labeling, clustering)."""
+
+    def deferred_flush(self) -> AbstractContextManager[None]:
+        """Writes inside the block skip their per-write flush; one flush happens on exit. A process crash
+        inside loses nothing already written (the WAL has it); a power cut may lose the block's writes."""
 
     def count(self, name: str, flt: Filter | None = None) -> int: ...
 

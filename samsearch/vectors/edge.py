@@ -23,6 +23,7 @@ store) may open a shard directory at a time.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -296,6 +297,21 @@ class EdgeVectorStore:
         with self._lock:
             self._write(name, self._get(name), op, "set_payload")
 
+    @contextmanager
+    def deferred_flush(self) -> Iterator[None]:
+        """Writes inside skip the per-write flush (each is still in the WAL, so a process crash loses
+        nothing); one flush on exit. Bulk jobs (labeling) use it: a flush per small write costs more than
+        the write. Nested blocks flush once, at the outermost exit."""
+        with self._lock:
+            saved, self.fsync = self.fsync, False
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.fsync = saved
+            if saved:
+                self.flush()
+
     # -- index maintenance ---------------------------------------------------------------------------
     def _optimize(self, name: str, coll: _Collection) -> None:
         with self._errors("optimize", name):
@@ -391,6 +407,27 @@ class EdgeVectorStore:
                 records, offset = self._get(name).shard.scroll(req)
             if records:
                 yield [_record(r, with_vectors) for r in records]
+            if offset is None:
+                return
+
+    def scroll_vectors(
+        self, name: str, flt: Filter | None = None, batch_size: int = 8192
+    ) -> Iterator[tuple[list[str], np.ndarray]]:
+        edge_flt = to_edge_filter(flt)
+        offset: Any = None
+        while True:
+            with self._lock, self._errors("scroll", name):
+                coll = self._get(name)
+                req = qe.ScrollRequest(
+                    offset=offset, limit=batch_size, filter=edge_flt, with_payload=False, with_vector=True
+                )
+                records, offset = coll.shard.scroll(req)
+            if records:
+                # Each vector arrives as a Python list: chaining them into one fromiter is the cheapest
+                # way into a matrix (no per-row arrays, no payload dicts).
+                flat = itertools.chain.from_iterable(r.vector for r in records)
+                x = np.fromiter(flat, dtype=np.float32, count=len(records) * coll.dim)
+                yield [str(r.id) for r in records], x.reshape(len(records), coll.dim)
             if offset is None:
                 return
 

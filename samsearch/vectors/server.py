@@ -468,6 +468,29 @@ class ServerVectorStore:
             if offset is None:
                 return
 
+    def scroll_vectors(
+        self, name: str, flt: Filter | None = None, batch_size: int = 8192
+    ) -> Iterator[tuple[list[str], np.ndarray]]:
+        qflt = to_qdrant_filter(flt)
+        dim = self._dim(name)
+        offset: Any = None
+        while True:
+            with self._lock, self._errors("scroll", name):
+                records, offset = self._client.scroll(
+                    name, scroll_filter=qflt, limit=batch_size, offset=offset, with_payload=False,
+                    with_vectors=True,
+                )
+            if records:
+                x = np.asarray([r.vector for r in records], dtype=np.float32).reshape(len(records), dim)
+                yield [str(r.id) for r in records], x
+            if offset is None:
+                return
+
+    @contextlib.contextmanager
+    def deferred_flush(self) -> Iterator[None]:
+        """Nothing to defer: the server applies and logs every write (wait=True) before it answers."""
+        yield
+
     def count(self, name: str, flt: Filter | None = None) -> int:
         with self._lock, self._errors("count", name):
             return int(self._client.count(name, count_filter=to_qdrant_filter(flt), exact=True).count)
