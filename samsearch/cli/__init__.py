@@ -7,7 +7,14 @@ stderr. Exit codes: 0 success; 1 an error (bad input, missing model, store failu
 
 from __future__ import annotations
 
-from samsearch.cli import db_cmd, export_cmd, ingest_cmd, stats_cmd  # noqa: F401  (registers commands)
+from samsearch.cli import (  # noqa: F401  (registers commands)
+    cluster_cmd,
+    db_cmd,
+    export_cmd,
+    ingest_cmd,
+    semantic_cmd,
+    stats_cmd,
+)
 from samsearch.cli.app import app
 
 

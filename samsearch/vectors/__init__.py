@@ -14,6 +14,7 @@ from samsearch.vectors.base import (
     Match,
     Range,
     Record,
+    VectorBatch,
     VectorStore,
     VectorStoreError,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "Match",
     "Range",
     "Record",
+    "VectorBatch",
     "VectorStore",
     "VectorStoreError",
     "open_vector_store",
