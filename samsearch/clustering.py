@@ -121,6 +121,12 @@ class ClusterOptions:
         digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.algorithm}-{digest}"
 
+    def describe_filter(self) -> str:
+        parts = [f"--dataset {self.dataset}" if self.dataset is not None else "",
+                 f"--label {self.label}" if self.label is not None else "", "--unlabeled" if self.unlabeled else ""]
+        parts = [p for p in parts if p]
+        return f" matching {' '.join(parts)}" if parts else ""
+
     def store_filter(self) -> Filter | None:
         must: list[Any] = []
         if self.dataset is not None:
@@ -357,8 +363,7 @@ def run_clustering(home: Home, options: ClusterOptions, progress: bool = True) -
         sel = read_vectors(home, flt, options.read_batch, progress)
         timings["read"] = time.perf_counter() - t0
         if not sel.ids:
-            where = f" matching {flt}" if flt else ""
-            raise InputError(f"{home.root}: no segments{where} to cluster")
+            raise InputError(f"{home.root}: no segments{options.describe_filter()} to cluster")
         labels = renumber_by_size(fit_labels(sel.vectors, options, timings))
         t0 = time.perf_counter()
         _, dist = centres_and_distances(sel.vectors, labels)

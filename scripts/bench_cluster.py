@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -28,6 +29,8 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 from sqlalchemy import insert, select
 
+from samsearch.cluster_report import list_runs
+from samsearch.cluster_writeback import clustered_payloads, plan_payload
 from samsearch.clustering import ClusterOptions, delete_run, run_clustering
 from samsearch.db import Image, SegmentCluster
 from samsearch.db.schema import utcnow
@@ -107,17 +110,19 @@ def fill(home: Home, n: int, k: int, noise: float, seed: int, batch: int = 20_00
 
 
 def timed_run(root: Path, options: ClusterOptions, labels: np.ndarray) -> dict:
-    t0 = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), time.process_time()
     with Home(root) as home:
         opened = time.perf_counter() - t0
         summary = run_clustering(home, options, progress=False)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     with Home(root) as home, home.db.session() as s:
         got = s.execute(select(SegmentCluster.segment_id, SegmentCluster.cluster)
                         .where(SegmentCluster.run_id == summary.run_id)).all()
     pred = np.full(len(labels), -2)
     pred[[index_of(sid) for sid, _ in got]] = [c for _, c in got]
-    return {"wall": wall, "open_home": opened, **summary.stage_seconds, "segments": summary.segments,
+    return {"wall": wall, "cpu": cpu, "open_home": opened, **summary.stage_seconds,
+            "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)], "segments": summary.segments,
             "stored": summary.stored, "payload_updates": summary.payload_updates, "clusters": summary.clusters,
             "ari": float(adjusted_rand_score(labels, pred))}
 
@@ -149,13 +154,23 @@ def main() -> None:
     ap.add_argument("--no-baseline", action="store_true", help="skip the fit-on-everything route")
     ap.add_argument("--pointwise", type=int, default=2000, help="points for the point-by-point payload baseline")
     ap.add_argument("--home", type=Path, help="keep the home here (default: a temporary folder)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="--home was filled by an earlier run with the same --segments/--clusters: skip the fill")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         root = args.home or Path(tmp) / "home"
         t0 = time.perf_counter()
-        with Home(root) as home:
-            labels = fill(home, args.segments, args.clusters, args.noise, seed=0)
+        if args.reuse:
+            labels = make_labels(args.segments, args.clusters, np.random.default_rng(0))  # as fill() drew them
+            with Home(root) as home:
+                for run in list_runs(home):  # untimed: start from a home without runs or cluster payloads
+                    delete_run(home, run["name"])
+                empty = np.zeros(0, np.int64)
+                plan_payload([], empty, empty, clustered_payloads(home)).apply(home)
+        else:
+            with Home(root) as home:
+                labels = fill(home, args.segments, args.clusters, args.noise, seed=0)
         fill_s = time.perf_counter() - t0
         print(json.dumps({"filled": args.segments, "seconds": round(fill_s, 1)}), flush=True)
 
@@ -174,16 +189,18 @@ def main() -> None:
             reset(root, "bench-all")
         pointwise = pointwise_payload_seconds(root, args.pointwise) if args.pointwise else None
 
-    stages = [k for k in recommended[0] if k not in ("segments", "stored", "payload_updates", "clusters", "ari")]
+    skip = ("segments", "stored", "payload_updates", "clusters", "ari", "load_avg_1m")
+    stages = [k for k in recommended[0] if k not in skip]
     med = {k: round(statistics.median(r[k] for r in recommended), 3) for k in stages}
     grouped_per_vec = med["payload"] / args.segments
     print(json.dumps({
-        "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cpus",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
         "segments": args.segments, "clusters": args.clusters, "noise": args.noise, "sample": args.sample,
         "fill_seconds": round(fill_s, 1), "repeats": args.repeats,
         "recommended_median_seconds": med,
         "recommended_ari": [round(r["ari"], 4) for r in recommended],
-        "baseline_fit_on_all_seconds": {k: round(v, 3) for k, v in baseline.items()} if baseline else None,
+        "load_avg_1m_before_after": [r["load_avg_1m"] for r in recommended],
+        "baseline_fit_on_all": baseline,
         "baseline_over_recommended_wall": round(baseline["wall"] / med["wall"], 2) if baseline else None,
         "pointwise_payload_seconds_per_1m": round(pointwise * args.segments, 1) if pointwise else None,
         "grouped_payload_seconds_per_1m": round(grouped_per_vec * 1_000_000, 1),

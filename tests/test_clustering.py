@@ -242,7 +242,8 @@ def test_failed_write_changes_nothing(filled, monkeypatch, fail):
     (ClusterOptions(algorithm="kmeans", n_clusters=0), "--n-clusters must be at least 1, not 0"),
     (ClusterOptions(algorithm="kmeans", n_clusters=2, label="x", unlabeled=True), "exclude each other"),
     (ClusterOptions(algorithm="kmeans", n_clusters=2, name=" x"), "--name must be 1-200 characters"),
-    (ClusterOptions(algorithm="kmeans", n_clusters=2, dataset="nope"), "no segments matching"),
+    (ClusterOptions(algorithm="kmeans", n_clusters=2, dataset="nope"), "no segments matching --dataset nope to"),
+    (ClusterOptions(algorithm="kmeans", n_clusters=2, label="car"), "no segments matching --label car to"),
 ])
 def test_bad_options(k6_home, options, error):
     runs = list_runs(k6_home)
