@@ -209,18 +209,19 @@ def write_back(
             timings["sql"] = time.perf_counter() - started
             staged.set()  # never leave the caller waiting
 
+    plan = PayloadPlan(np.zeros(0, object), np.zeros(0, np.int64), np.zeros(0, np.int64))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cluster-sql") as pool:
         future = pool.submit(sql_job)
-        staged.wait()
-        if failed.is_set():
-            future.result()  # failed before any payload was touched: raise, nothing to undo
         t0 = time.perf_counter()
-        plan = PayloadPlan(np.zeros(0, object), np.zeros(0, np.int64), np.zeros(0, np.int64))
         try:
+            staged.wait()
+            if failed.is_set():
+                future.result()  # failed before any payload was touched: raise, nothing to undo
+            t0 = time.perf_counter()
             if make_current:
                 plan = plan_payload(ids, labels, old, None if complete else clustered_payloads(home))
                 plan.apply(home, progress)
-        except BaseException:
+        except BaseException:  # also Ctrl-C: the transaction must not wait for `decided` forever
             abort.set()
             decided.set()
             try:
