@@ -71,11 +71,14 @@ def write_sql(
     home: Home, name: str, algorithm: str, settings: dict[str, Any], make_current: bool, ids: list[str],
     labels: np.ndarray, dist: np.ndarray, stats: dict[str, Any],
     staged: threading.Event | None = None, decided: threading.Event | None = None,
-    abort: threading.Event | None = None,
+    abort: threading.Event | None = None, timings: dict[str, float] | None = None,
 ) -> SqlResult:
     """Create or replace the run's rows in one transaction. ``staged`` is set once the rows are in the
     temporary table; before committing, the transaction waits for ``decided`` and rolls back if ``abort``
-    is set."""
+    is set. ``timings["sql"]``: seconds of SQL work (not waiting, not the commit)."""
+    import time
+
+    t0 = time.perf_counter()
     with home.db.session() as s, bulk_tuning(s):
         run = s.execute(select(ClusterRun).where(ClusterRun.name == name).with_for_update()).scalar()
         replaced, names_dropped = run is not None, 0
@@ -101,6 +104,8 @@ def write_sql(
         run.stats = {**stats, "stored": stored}
         if make_current:
             make_current_sql(s, run)
+        if timings is not None:
+            timings["sql"] = time.perf_counter() - t0
         if decided is not None:
             decided.wait()
         if abort is not None and abort.is_set():
@@ -201,12 +206,11 @@ def write_back(
     def sql_job() -> SqlResult:
         try:
             return write_sql(home, name, algorithm, settings, make_current, ids, labels, dist, stats, staged,
-                             decided, abort)
+                             decided, abort, timings)
         except BaseException:
             failed.set()
             raise
         finally:
-            timings["sql"] = time.perf_counter() - started
             staged.set()  # never leave the caller waiting
 
     plan = PayloadPlan(np.zeros(0, object), np.zeros(0, np.int64), np.zeros(0, np.int64))

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from samsearch.cluster_report import list_runs
 from samsearch.cluster_writeback import clustered_payloads, plan_payload
 from samsearch.clustering import ClusterOptions, delete_run, run_clustering
-from samsearch.db import Image, SegmentCluster
+from samsearch.db import ClusterRun, Image, Segment, SegmentCluster
 from samsearch.db.schema import utcnow
 from samsearch.embed import RECIPE
 from samsearch.home import SEGMENTS, EmbeddingSpace, Home
@@ -144,6 +144,27 @@ def pointwise_payload_seconds(root: Path, n: int) -> float:
     return per
 
 
+def rowwise_sql_seconds(root: Path, n: int) -> float:
+    """Seconds per segment for the row-by-row SQL write (one INSERT + one UPDATE per segment, one
+    transaction, rolled back): the baseline the set-based statements beat."""
+    with Home(root) as home:
+        s = home.db.new_session()
+        try:
+            run = ClusterRun(name="bench-rowwise", algorithm="x", settings={}, stats={})
+            s.add(run)
+            s.flush()
+            t0 = time.perf_counter()
+            for i in range(n):
+                sid = point_id(i)
+                s.execute(insert(SegmentCluster).values(run_id=run.id, segment_id=sid, cluster=0, distance=0.1))
+                s.execute(update(Segment).where(Segment.id == sid).values(cluster=0, cluster_run="bench-rowwise"))
+            s.flush()
+            return (time.perf_counter() - t0) / n
+        finally:
+            s.rollback()
+            s.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--segments", type=int, default=1_000_000)
@@ -153,6 +174,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-baseline", action="store_true", help="skip the fit-on-everything route")
     ap.add_argument("--pointwise", type=int, default=2000, help="points for the point-by-point payload baseline")
+    ap.add_argument("--rowwise", type=int, default=20000, help="segments for the row-by-row SQL baseline")
     ap.add_argument("--home", type=Path, help="keep the home here (default: a temporary folder)")
     ap.add_argument("--reuse", action="store_true",
                     help="--home was filled by an earlier run with the same --segments/--clusters: skip the fill")
@@ -188,6 +210,7 @@ def main() -> None:
             print(json.dumps({"baseline": baseline}), flush=True)
             reset(root, "bench-all")
         pointwise = pointwise_payload_seconds(root, args.pointwise) if args.pointwise else None
+        rowwise = rowwise_sql_seconds(root, args.rowwise) if args.rowwise else None
 
     skip = ("segments", "stored", "payload_updates", "clusters", "ari", "load_avg_1m")
     stages = [k for k in recommended[0] if k not in skip]
@@ -204,6 +227,8 @@ def main() -> None:
         "baseline_over_recommended_wall": round(baseline["wall"] / med["wall"], 2) if baseline else None,
         "pointwise_payload_seconds_per_1m": round(pointwise * args.segments, 1) if pointwise else None,
         "grouped_payload_seconds_per_1m": round(grouped_per_vec * 1_000_000, 1),
+        "rowwise_sql_seconds_per_1m": round(rowwise * args.segments, 1) if rowwise else None,
+        "set_based_sql_seconds_per_1m": round(med["sql"] / args.segments * 1_000_000, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }, indent=2))
 
