@@ -204,7 +204,8 @@ def label_segments(home: Home, options: LabelOptions, progress: bool = True,
         with home.vectors.deferred_flush(), tqdm(total=summary.selected, desc="label", unit="seg",
                                                  disable=not progress, unit_scale=True) as bar:
             t0 = time.perf_counter()
-            for ids, x in home.vectors.scroll_vectors(SEGMENTS, flt, options.batch_size):
+            for batch in home.vectors.scroll_vectors(SEGMENTS, flt, options.batch_size):
+                ids, x = batch.ids, batch.vectors
                 t1 = time.perf_counter()
                 stage["read"] += t1 - t0
                 cls, score, _ = clf.classify(x, options.k, options.min_score, options.margin)

@@ -97,7 +97,7 @@ def test_matrix_nn_is_the_exact_search_over_the_bank_collection(home):
     create_bank(home, "b1", bank_instances(seed=9), per_class=4)
     cents = load_centroids(home, "b1")
     clf = Classifier.from_labels(cents.labels, cents.vectors)
-    ids, x = next(home.vectors.scroll_vectors(SEGMENTS, batch_size=50))
+    x = next(home.vectors.scroll_vectors(SEGMENTS, batch_size=50)).vectors
     cls, score, _ = clf.classify(x)
     for row, c, sc in zip(x, cls, score, strict=True):
         hit = home.vectors.search(bank_collection("b1"), row, k=1, exact=True)[0]
@@ -189,7 +189,7 @@ def error_home(tmp_path_factory):
 def test_scroll_vectors_and_deferred_flush_on_both_backends(home):
     truth = fill_segments(home, 70)
     recs = {r.id: r.vector for b in home.vectors.scroll(SEGMENTS, with_vectors=True) for r in b}
-    got = [(ids, x) for ids, x in home.vectors.scroll_vectors(SEGMENTS, Filter.of(Match("dataset", "d1")), 32)]
+    got = [(b.ids, b.vectors) for b in home.vectors.scroll_vectors(SEGMENTS, Filter.of(Match("dataset", "d1")), 32)]
     assert [len(ids) for ids, _ in got] == [32, 32, 6]
     all_ids = [i for ids, _ in got for i in ids]
     assert len(all_ids) == len(set(all_ids)) and set(all_ids) == set(truth)

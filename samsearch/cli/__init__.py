@@ -8,8 +8,8 @@ stderr. Exit codes: 0 success; 1 an error (bad input, missing model, store failu
 from __future__ import annotations
 
 from samsearch.cli import (  # noqa: F401  (registers commands)
-from samsearch.cli import (  # noqa: F401  (registers commands)
     bank_cmd,
+    cluster_cmd,
     db_cmd,
     demo_cmd,
     doctor_cmd,
@@ -20,9 +20,9 @@ from samsearch.cli import (  # noqa: F401  (registers commands)
     label_cmd,
     queue_cmd,
     search_cmd,
+    semantic_cmd,
     stats_cmd,
     worker_cmd,
-)
 )
 from samsearch.cli.app import app
 

@@ -15,6 +15,7 @@ from samsearch.vectors.base import (
     Match,
     Range,
     Record,
+    VectorBatch,
     VectorStore,
     VectorStoreError,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "Match",
     "Range",
     "Record",
+    "VectorBatch",
     "VectorStore",
     "VectorStoreError",
     "open_vector_store",

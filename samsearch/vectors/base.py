@@ -12,7 +12,7 @@ backend into its native filter, so filtering always runs inside the store.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -85,6 +85,15 @@ class Record:
     vector: np.ndarray | None = None
 
 
+@dataclass
+class VectorBatch:
+    """One batch of :meth:`VectorStore.scroll_vectors`: ids, their vectors as one matrix, chosen payloads."""
+
+    ids: list[str]
+    vectors: np.ndarray  # (len(ids), dim) float32
+    payloads: list[dict[str, Any]]  # only the requested fields (those a point has)
+
+
 @runtime_checkable
 class VectorStore(Protocol):
     """A set of named collections of fixed-dimension cosine vectors with JSON payloads."""
@@ -139,10 +148,19 @@ class VectorStore(Protocol):
         """Every matching point, in batches, ordered by id."""
 
     def scroll_vectors(
-        self, name: str, flt: Filter | None = None, batch_size: int = 8192
-    ) -> Iterator[tuple[list[str], np.ndarray]]:
-        """Every matching point's id and vector, in batches ordered by id, without payloads: ``(ids,
-        float32 (n, dim) matrix)``. The bulk path for jobs that read every vector (labeling, clustering)."""
+        self,
+        name: str,
+        flt: Filter | None = None,
+        batch_size: int = 4096,
+        payload_fields: Sequence[str] = (),
+    ) -> Iterator[VectorBatch]:
+        """Every matching point with its vector, ordered by id, a float32 matrix per batch and only
+        ``payload_fields`` of the payloads: the read of batch jobs over millions of points (``scroll``
+        builds a Record and an array per point)."""
+
+    def set_payloads(self, name: str, groups: Iterable[tuple[Sequence[str], dict[str, Any]]]) -> None:
+        """``set_payload`` for each (ids, payload) group, durable once at the end (one flush, not one per
+        group): batch jobs writing many groups, e.g. one per cluster or label."""
 
     def deferred_flush(self) -> AbstractContextManager[None]:
         """Writes inside the block skip their per-write flush; one flush happens on exit. A process crash

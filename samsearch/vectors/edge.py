@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +48,7 @@ from samsearch.vectors.base import (
     Match,
     Range,
     Record,
+    VectorBatch,
     VectorStoreError,
     in_order,
     plain_payload,
@@ -411,25 +412,45 @@ class EdgeVectorStore:
                 return
 
     def scroll_vectors(
-        self, name: str, flt: Filter | None = None, batch_size: int = 8192
-    ) -> Iterator[tuple[list[str], np.ndarray]]:
+        self,
+        name: str,
+        flt: Filter | None = None,
+        batch_size: int = 4096,
+        payload_fields: Sequence[str] = (),
+    ) -> Iterator[VectorBatch]:
         edge_flt = to_edge_filter(flt)
+        # Only the asked-for payload keys cross into Python; vectors go straight into one matrix.
+        with_payload: Any = qe.PayloadSelector.Include(list(payload_fields)) if payload_fields else False
         offset: Any = None
         while True:
             with self._lock, self._errors("scroll", name):
                 coll = self._get(name)
-                req = qe.ScrollRequest(
-                    offset=offset, limit=batch_size, filter=edge_flt, with_payload=False, with_vector=True
-                )
+                req = qe.ScrollRequest(offset=offset, limit=batch_size, filter=edge_flt, with_payload=with_payload,
+                                       with_vector=True)
                 records, offset = coll.shard.scroll(req)
             if records:
                 # Each vector arrives as a Python list: chaining them into one fromiter is the cheapest
-                # way into a matrix (no per-row arrays, no payload dicts).
+                # way into a matrix (no per-row arrays).
                 flat = itertools.chain.from_iterable(r.vector for r in records)
-                x = np.fromiter(flat, dtype=np.float32, count=len(records) * coll.dim)
-                yield [str(r.id) for r in records], x.reshape(len(records), coll.dim)
+                x = np.fromiter(flat, dtype=np.float32, count=len(records) * coll.dim).reshape(len(records), coll.dim)
+                payloads = [dict(r.payload or {}) for r in records] if payload_fields else [{} for _ in records]
+                yield VectorBatch([str(r.id) for r in records], x, payloads)
             if offset is None:
                 return
+
+    def set_payloads(self, name: str, groups: Iterable[tuple[Sequence[str], dict[str, Any]]]) -> None:
+        wrote = False
+        for ids, payload in groups:
+            if not len(ids) or not payload:
+                continue
+            flt = qe.Filter(must=[qe.HasIdCondition({str(i) for i in ids})])
+            op = qe.UpdateOperation.set_payload_by_filter(flt, plain_payload(payload))
+            with self._lock, self._errors("set_payload", name):
+                self._get(name).shard.update(op)  # WAL-durable; the flush below makes it power-loss durable
+            wrote = True
+        if wrote and self.fsync:
+            with self._lock, self._errors("flush", name):
+                self._get(name).shard.flush()
 
     def count(self, name: str, flt: Filter | None = None) -> int:
         with self._lock, self._errors("count", name):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from samsearch.vectors.base import (
     Match,
     Range,
     Record,
+    VectorBatch,
     VectorStoreError,
     in_order,
     plain_payload,
@@ -469,22 +470,30 @@ class ServerVectorStore:
                 return
 
     def scroll_vectors(
-        self, name: str, flt: Filter | None = None, batch_size: int = 8192
-    ) -> Iterator[tuple[list[str], np.ndarray]]:
+        self,
+        name: str,
+        flt: Filter | None = None,
+        batch_size: int = 4096,
+        payload_fields: Sequence[str] = (),
+    ) -> Iterator[VectorBatch]:
         qflt = to_qdrant_filter(flt)
-        dim = self._dim(name)
         offset: Any = None
         while True:
             with self._lock, self._errors("scroll", name):
                 records, offset = self._client.scroll(
-                    name, scroll_filter=qflt, limit=batch_size, offset=offset, with_payload=False,
-                    with_vectors=True,
+                    name, scroll_filter=qflt, limit=batch_size, offset=offset,
+                    with_payload=list(payload_fields) if payload_fields else False, with_vectors=True,
                 )
             if records:
-                x = np.asarray([r.vector for r in records], dtype=np.float32).reshape(len(records), dim)
-                yield [str(r.id) for r in records], x
+                x = np.asarray([r.vector for r in records], dtype=np.float32).reshape(len(records), -1)
+                payloads = [dict(r.payload or {}) for r in records] if payload_fields else [{} for _ in records]
+                yield VectorBatch([str(r.id) for r in records], x, payloads)
             if offset is None:
                 return
+
+    def set_payloads(self, name: str, groups: Iterable[tuple[Sequence[str], dict[str, Any]]]) -> None:
+        for ids, payload in groups:  # every request waits for the server (wait=True): nothing to flush
+            self.set_payload(name, ids, payload)
 
     @contextlib.contextmanager
     def deferred_flush(self) -> Iterator[None]:
