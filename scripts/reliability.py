@@ -12,7 +12,9 @@ stand-in (samsearch.testing.qdrant_standin) served from this process; workers ar
 3. --trials SIGKILL trials (seeds --seed, --seed+1, ...): on a fresh queue of --trial-images images a
    victim worker is SIGKILLed a random time (0..--max-delay s) after its first claim; a second worker
    process finishes everything after the 2 s leases expire; the store must equal the reference's.
-4. --failures injected vector-store failures: the stand-in applies half of the n-th upsert request
+4. --fault-trials crash-point trials: like 3., but the victim dies by os._exit at an exact point of its
+   work, between its vector upsert and its SQL commit (SAMSEARCH_FAULT=after_vectors:<1..3>).
+5. --failures injected vector-store failures: the stand-in applies half of the n-th upsert request
    (random n) and answers HTTP 500; the worker must exit 1 with one clear line and leave the image not
    done; a second worker drains the queue; the store must equal the reference's.
 """
@@ -106,6 +108,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=10)
     ap.add_argument("--trial-images", type=int, default=24)
     ap.add_argument("--max-delay", type=float, default=8.0)
+    ap.add_argument("--fault-trials", type=int, default=5)
     ap.add_argument("--failures", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the results here")
@@ -125,6 +128,19 @@ def main() -> None:
                 trial = kill_trial(c, subset, data.annotations_path, seed, reference, max_delay=args.max_delay)
             trials.append({"seed": seed, "images": trial.images, "kill_after_s": trial.kill_after_s,
                            "leases_held_at_kill": trial.leases_held_at_kill,
+                           "max_attempts": trial.max_attempts_seen,
+                           "survivor_ingested": trial.survivor["images_ingested"],
+                           "problems": trial.problems, "seconds": trial.seconds})
+            print(json.dumps(trials[-1]), flush=True)
+        for t in range(args.fault_trials):
+            seed = args.seed + 1000 + t
+            rng = random.Random(seed)
+            subset = rng.sample(images, min(args.trial_images, len(images)))
+            fault = f"after_vectors:{rng.randint(1, 3)}"
+            with cluster(tmp / f"fault{t}", lease=2.0) as c:
+                trial = kill_trial(c, subset, data.annotations_path, seed, reference, fault=fault)
+            trials.append({"seed": seed, "images": trial.images, "crash_at": fault,
+                           "leases_at_first_claim": trial.leases_held_at_kill,
                            "max_attempts": trial.max_attempts_seen,
                            "survivor_ingested": trial.survivor["images_ingested"],
                            "problems": trial.problems, "seconds": trial.seconds})

@@ -40,7 +40,7 @@ N_IMAGES = 16
 @pytest.fixture(scope="module")
 def clean_run(shapes, tmp_path_factory):
     """Two worker processes drain a queue of 16 images: the reference every other run must equal."""
-    with cluster(tmp_path_factory.mktemp("clean")) as c:
+    with cluster(tmp_path_factory.mktemp("clean"), lease=30.0) as c:  # no kills: leases never run out
         settings_hash = enqueue_images(c, shapes.images[:N_IMAGES], shapes.annotations_path)
         summaries = run_workers(c, 2)
         with c.open_home() as home:
@@ -68,7 +68,7 @@ def test_two_workers_store_every_image_exactly_once(clean_run, shapes):
 
 def test_four_workers_store_every_image_exactly_once(clean_run, shapes, tmp_path):
     images = shapes.images[:8]
-    with cluster(tmp_path) as c:
+    with cluster(tmp_path, lease=30.0) as c:
         settings_hash = enqueue_images(c, images, shapes.annotations_path)
         summaries = run_workers(c, 4, "--batch", "1")
         with c.open_home() as home:

@@ -229,16 +229,19 @@ class KillTrial:
 
 def kill_trial(c: Cluster, images: Sequence[SyntheticImage], annotations: Path, seed: int,
                reference: Snapshot | None = None, max_delay: float = 3.0,
-               survivor: Callable[[Home], dict[str, Any]] | None = None) -> KillTrial:
+               survivor: Callable[[Home], dict[str, Any]] | None = None, fault: str | None = None) -> KillTrial:
     """A victim worker process takes images from a fresh queue; once it holds a lease, a survivor starts
     (another worker process, or ``survivor(home)`` in this process) and the victim is SIGKILLed a
     seeded random time later. The survivor finishes everything, the victim's images once their leases
-    expired; the store must then equal the expected one (and ``reference``)."""
+    expired; the store must then equal the expected one (and ``reference``).
+
+    With ``fault`` (a ``SAMSEARCH_FAULT`` spec such as ``after_vectors:2``) the victim is not signalled:
+    it dies by ``os._exit(77)`` at exactly that point of its own work."""
     started = time.perf_counter()
     rng = random.Random(seed)
     settings_hash = enqueue_images(c, images, annotations)
-    victim = c.start_worker()
-    delay = rng.uniform(0.0, max_delay)
+    victim = c.start_worker(env={"SAMSEARCH_FAULT": fault} if fault else None)
+    delay = rng.uniform(0.0, max_delay) if fault is None else 0.0
     held: list[int] = []
     with c.open_home() as home:
         deadline = time.monotonic() + 300
@@ -251,7 +254,7 @@ def kill_trial(c: Cluster, images: Sequence[SyntheticImage], annotations: Path, 
             held.append(leases_held(home, victim.pid))
             victim.kill()  # SIGKILL: no cleanup, no release, no exception handler
 
-        killer = threading.Timer(delay, kill)
+        killer = threading.Timer(delay, kill if fault is None else lambda: held.append(leases_held(home, victim.pid)))
         killer.start()
         summary = finish(c.start_worker()) if survivor is None else survivor(home)
         killer.join()
@@ -260,7 +263,7 @@ def kill_trial(c: Cluster, images: Sequence[SyntheticImage], annotations: Path, 
     trial = KillTrial(seed, len(images), round(delay, 3), held[0], summary,
                       max(n for _, n in snap.images.values()))
     trial.problems = differences(snap, expected_ids(images, settings_hash), reference)
-    if victim.returncode != -9:
-        trial.problems.append(f"the victim exited {victim.returncode}, not by SIGKILL")
+    if victim.returncode != (77 if fault else -9):
+        trial.problems.append(f"the victim exited {victim.returncode}, not by {'its fault' if fault else 'SIGKILL'}")
     trial.seconds = round(time.perf_counter() - started, 1)
     return trial
