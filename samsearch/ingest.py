@@ -388,49 +388,61 @@ class Ingestor:
 
     def store(self, prepared: PreparedImage, computed: ComputedImage, run_id: int, summary: IngestSummary,
               timings: dict[str, float]) -> None:
-        """Write one image: vectors (durable) first, then segments + ingestion marker + ``done`` in one
-        SQL transaction."""
-        image_id, content_hash, cleanup, rgb = prepared.image_id, prepared.content_hash, prepared.cleanup, \
-            prepared.rgb
-        seg = computed.seg
-        t0 = time.perf_counter()
-        masks_np = computed.masks_host().numpy()  # waits for an early copy to host, if one was started
-        vectors_np = computed.vectors.cpu().numpy().astype(np.float32)
-        valid_np = computed.valid.cpu().numpy()
-        timings["transfer"] += time.perf_counter() - t0
+        """Write one image (see :meth:`store_batch`)."""
+        self.store_batch([(prepared, computed, summary, timings)], run_id)
 
-        rows, payloads, ids = self._segment_rows(seg, masks_np, valid_np, image_id, content_hash, timings)
-        summary.empty_masks_dropped += int((~valid_np).sum())
-        vectors_np = vectors_np[valid_np]
+    def store_batch(self, items: Sequence[tuple[PreparedImage, ComputedImage, IngestSummary, dict[str, float]]],
+                    run_id: int) -> None:
+        """Write images: the vectors of all of them in one upsert (one flush), then per image its segments,
+        ingestion marker and ``done`` in one SQL transaction: an image is done only after its vectors are
+        durable. Each item carries the summary and timings its counts go to."""
+        staged = []
+        for prepared, computed, summary, timings in items:
+            t0 = time.perf_counter()
+            masks_np = computed.masks_host().numpy()  # waits for an early copy to host, if one was started
+            vectors_np = computed.vectors.cpu().numpy().astype(np.float32)
+            valid_np = computed.valid.cpu().numpy()
+            timings["transfer"] += time.perf_counter() - t0
+            rows, payloads, ids = self._segment_rows(computed.seg, masks_np, valid_np, prepared.image_id,
+                                                     prepared.content_hash, timings)
+            summary.empty_masks_dropped += int((~valid_np).sum())
+            staged.append((rows, payloads, ids, vectors_np[valid_np]))
 
         t0 = time.perf_counter()
-        flt = Filter.of(Match("image_hash", content_hash), Match("settings_hash", self.settings_hash))
-        if cleanup:
-            self.home.vectors.delete_by_filter(SEGMENTS, flt)  # leftovers of a crashed attempt
+        stale = [p.content_hash for p, *_ in items if p.cleanup]
+        if stale:  # leftovers of crashed attempts
+            self.home.vectors.delete_by_filter(SEGMENTS, Filter.of(
+                Match("image_hash", stale[0] if len(stale) == 1 else stale),
+                Match("settings_hash", self.settings_hash)))
+        ids = [i for _, _, image_ids, _ in staged for i in image_ids]
         if ids:
-            self.home.vectors.upsert(SEGMENTS, ids, vectors_np, payloads)
-        timings["vectors"] += time.perf_counter() - t0
-        _fault("after_vectors")
+            self.home.vectors.upsert(SEGMENTS, ids, np.concatenate([v for *_, v in staged]),
+                                     [p for _, payloads, _, _ in staged for p in payloads])
+        for *_, timings in items:
+            timings["vectors"] += (time.perf_counter() - t0) / len(items)
 
-        t0 = time.perf_counter()
-        with self.home.db.session() as s:
-            # Rows from an interrupted attempt cannot exist (they commit together with the marker),
-            # but a different-length retry must not collide: clear this image+settings first.
-            s.execute(delete(Segment).where(Segment.image_id == image_id,
-                                            Segment.settings_hash == self.settings_hash))
-            if rows:
-                s.execute(insert(Segment), rows)
-            s.add(Ingestion(image_id=image_id, settings_hash=self.settings_hash, run_id=run_id,
-                            n_segments=len(rows)))
-            img = s.get(Image, image_id)
-            img.status = ImageStatus.done.value
-            img.error = None
-            img.width, img.height = int(rgb.shape[1]), int(rgb.shape[0])
-            img.lease_owner = None
-            img.lease_expires_at = None
-        timings["sql"] += time.perf_counter() - t0
-        summary.images_ingested += 1
-        summary.segments += len(rows)
+        for (prepared, _, summary, timings), (rows, *_) in zip(items, staged, strict=True):
+            _fault("after_vectors")
+            t0 = time.perf_counter()
+            image_id = prepared.image_id
+            with self.home.db.session() as s:
+                # Rows from an interrupted attempt cannot exist (they commit together with the marker),
+                # but a different-length retry must not collide: clear this image+settings first.
+                s.execute(delete(Segment).where(Segment.image_id == image_id,
+                                                Segment.settings_hash == self.settings_hash))
+                if rows:
+                    s.execute(insert(Segment), rows)
+                s.add(Ingestion(image_id=image_id, settings_hash=self.settings_hash, run_id=run_id,
+                                n_segments=len(rows)))
+                img = s.get(Image, image_id)
+                img.status = ImageStatus.done.value
+                img.error = None
+                img.width, img.height = int(prepared.rgb.shape[1]), int(prepared.rgb.shape[0])
+                img.lease_owner = None
+                img.lease_expires_at = None
+            timings["sql"] += time.perf_counter() - t0
+            summary.images_ingested += 1
+            summary.segments += len(rows)
 
     def model_context(self) -> contextlib.ExitStack:
         """no_grad + the precision's autocast + fused encoder attention, for the model stages."""
