@@ -47,7 +47,7 @@ class ExecutionOptions:
     decoder_group: int | None = None  # prompts per fast-decoder step (CPU 4; CUDA 64)
     loaders: int = 2  # threads reading, hashing, claiming, decoding and resizing images
     prefetch: int | None = None  # decoded images waiting for the model (default 2 × encoder_batch + 2)
-    write_queue: int = 4  # computed images waiting for the writer
+    write_queue: int | None = None  # computed images waiting for the writer (CPU 4, CUDA 16)
     pipeline: bool = True  # overlap the stages; False: one image at a time in the calling thread
 
     def validate(self, device: torch.device) -> None:
@@ -61,7 +61,7 @@ class ExecutionOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
-        if self.loaders < 1 or self.write_queue < 1:
+        if self.loaders < 1 or (self.write_queue is not None and self.write_queue < 1):
             raise InputError("--loaders and the write queue must be at least 1")
 
     def resolved(self, model: Any) -> ExecutionOptions:
@@ -74,6 +74,7 @@ class ExecutionOptions:
             encoder_batch=encoder_batch,
             decoder_group=self.decoder_group or (4 if device.type == "cpu" else 64),
             prefetch=self.prefetch or 2 * encoder_batch + 2,
+            write_queue=self.write_queue or (4 if device.type == "cpu" else 16),
         )
 
     def as_dict(self) -> dict[str, Any]:

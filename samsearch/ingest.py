@@ -454,51 +454,61 @@ class Ingestor:
 
     def store(self, prepared: PreparedImage, computed: ComputedImage, run_id: int, summary: IngestSummary,
               timings: dict[str, float]) -> None:
-        """Write one image: vectors (durable) first, then segments + ingestion marker + ``done`` in one
-        SQL transaction."""
-        image_id, content_hash, cleanup, rgb = prepared.image_id, prepared.content_hash, prepared.cleanup, \
-            prepared.rgb
-        seg = computed.seg
-        t0 = time.perf_counter()
-        masks_np = computed.masks_host().numpy()  # waits for an early copy to host, if one was started
-        vectors_np = computed.vectors.cpu().numpy().astype(np.float32)
-        valid_np = computed.valid.cpu().numpy()
-        timings["transfer"] += time.perf_counter() - t0
+        """Write one image (see :meth:`store_batch`)."""
+        self.store_batch([(prepared, computed, summary, timings)], run_id)
 
-        rows, payloads, ids = self._segment_rows(seg, masks_np, valid_np, image_id, content_hash, timings)
-        summary.empty_masks_dropped += int((~valid_np).sum())
-        vectors_np = vectors_np[valid_np]
-
-        t0 = time.perf_counter()
-        if cleanup:
-            self._carry_labels(image_id, ids, payloads)
-        if prepared.lease_owner is not None:
-            with self.home.db.session() as s:  # fence: never write for a lease another worker took over
-                _check_lease(s.get(Image, image_id), prepared.lease_owner)
-        self._write_vectors(prepared, ids, vectors_np, payloads)
-        timings["vectors"] += time.perf_counter() - t0
-        _fault("after_vectors")
+    def store_batch(self, items: Sequence[tuple[PreparedImage, ComputedImage, IngestSummary, dict[str, float]]],
+                    run_id: int) -> None:
+        """Write images: the vectors of all of them in one upsert (one flush), then per image its segments,
+        ingestion marker and ``done`` in one SQL transaction: an image is done only after its vectors are
+        durable. Each item carries the summary and timings its counts go to."""
+        staged = []
+        for prepared, computed, summary, timings in items:
+            t0 = time.perf_counter()
+            masks_np = computed.masks_host().numpy()  # waits for an early copy to host, if one was started
+            vectors_np = computed.vectors.cpu().numpy().astype(np.float32)
+            valid_np = computed.valid.cpu().numpy()
+            timings["transfer"] += time.perf_counter() - t0
+            rows, payloads, ids = self._segment_rows(computed.seg, masks_np, valid_np, prepared.image_id,
+                                                     prepared.content_hash, timings)
+            summary.empty_masks_dropped += int((~valid_np).sum())
+            staged.append((rows, payloads, ids, vectors_np[valid_np]))
 
         t0 = time.perf_counter()
-        self._commit(prepared, run_id, rows, (int(rgb.shape[0]), int(rgb.shape[1])))
-        timings["sql"] += time.perf_counter() - t0
-        summary.images_ingested += 1
-        summary.segments += len(rows)
-
-    def _write_vectors(self, item: PreparedImage, ids: list[str], vectors: np.ndarray,
-                       payloads: list[dict[str, Any]]) -> None:
-        """Upsert this attempt's points (one batched, durable call), then, after an earlier attempt,
-        delete the points it left beyond this attempt's ids. Upsert first: a crash in between leaves
-        extra points (removed by the next attempt), never missing ones."""
+        for (prepared, *_), (_, payloads, ids, _) in zip(items, staged, strict=True):
+            if prepared.cleanup:
+                self._carry_labels(prepared.image_id, ids, payloads)
+            if prepared.lease_owner is not None:
+                with self.home.db.session() as s:  # fence: never write for a lease another worker took over
+                    _check_lease(s.get(Image, prepared.image_id), prepared.lease_owner)
         _fault("vector_upsert", VectorStoreError)
+        ids = [i for _, _, image_ids, _ in staged for i in image_ids]
         if ids:
-            self.home.vectors.upsert(SEGMENTS, ids, vectors, payloads)
-        if item.cleanup:
-            flt = Filter.of(Match("image_hash", item.content_hash), Match("settings_hash", self.settings_hash))
-            keep = set(ids)
-            stale = [r.id for batch in self.home.vectors.scroll(SEGMENTS, flt) for r in batch if r.id not in keep]
-            if stale:
-                self.home.vectors.delete(SEGMENTS, stale)
+            self.home.vectors.upsert(SEGMENTS, ids, np.concatenate([v for *_, v in staged]),
+                                     [p for _, payloads, _, _ in staged for p in payloads])
+        for (prepared, *_), (_, _, image_ids, _) in zip(items, staged, strict=True):
+            if prepared.cleanup:
+                self._delete_stale_vectors(prepared, image_ids)
+        for *_, timings in items:
+            timings["vectors"] += (time.perf_counter() - t0) / len(items)
+
+        for (prepared, _, summary, timings), (rows, *_) in zip(items, staged, strict=True):
+            _fault("after_vectors")
+            t0 = time.perf_counter()
+            self._commit(prepared, run_id, rows, (int(prepared.rgb.shape[0]), int(prepared.rgb.shape[1])))
+            timings["sql"] += time.perf_counter() - t0
+            summary.images_ingested += 1
+            summary.segments += len(rows)
+
+    def _delete_stale_vectors(self, item: PreparedImage, ids: list[str]) -> None:
+        """After an earlier attempt at this image, delete the points it left beyond this attempt's ids.
+        Called after the upsert: a crash in between leaves extra points (removed by the next attempt),
+        never missing ones."""
+        flt = Filter.of(Match("image_hash", item.content_hash), Match("settings_hash", self.settings_hash))
+        keep = set(ids)
+        stale = [r.id for batch in self.home.vectors.scroll(SEGMENTS, flt) for r in batch if r.id not in keep]
+        if stale:
+            self.home.vectors.delete(SEGMENTS, stale)
 
     def _carry_labels(self, image_id: int, ids: list[str], payloads: list[dict[str, Any]]) -> None:
         """A redone image keeps the labels/clusters its stored segments have: copy them into the payloads."""

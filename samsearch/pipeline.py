@@ -8,8 +8,9 @@ Three kinds of threads, connected by bounded queues:
 * **model** (the calling thread): ``execution.encoder_batch`` images per image-encoder call, then per image
   the masks and the pooled embeddings (``Ingestor.encode`` / ``Ingestor.compute``), all on the model's
   device; on CUDA the copy of the masks to pinned host memory is queued on the device right away.
-* **writer** (one thread, at most ``execution.write_queue`` images waiting): RLE + rows, the vector
-  upsert, then the SQL transaction that marks the image ``done`` (``Ingestor.store``).
+* **writer** (one thread, at most ``execution.write_queue`` images waiting): RLE + rows, one vector upsert
+  for all the images waiting (so one flush, not one per image, when it falls behind), then per image the
+  SQL transaction that marks it ``done`` (``Ingestor.store_batch``).
 
 Crash safety is the sequential path's: an image is ``done`` only in the transaction that commits its rows,
 after its vectors were written. Errors propagate: an exception in a loader, the model or the writer stops
@@ -77,22 +78,32 @@ class _Writer(threading.Thread):
         super().__init__(name="samsearch-writer", daemon=True)
         self.ingestor, self.run_id, self.summary, self.timings = ingestor, run_id, summary, timings
         self.lock, self.done = lock, done
+        self.batch = maxsize
         self.queue: queue.Queue = queue.Queue(maxsize)
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is _STOP:
-                return
-            if self.error is not None:
+        stop = False
+        while not stop:
+            # Whatever is waiting is written together: one vector upsert (and flush) for all of it.
+            items = [self.queue.get()]
+            while len(items) < self.batch and items[-1] is not _STOP:
+                try:
+                    items.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            if items[-1] is _STOP:
+                stop = True
+                items.pop()
+            if self.error is not None or not items:
                 continue
-            loaded, computed = item
             try:
-                self.ingestor.store(loaded.prepared, computed, self.run_id, loaded.summary, loaded.timings)
+                self.ingestor.store_batch([(loaded.prepared, computed, loaded.summary, loaded.timings)
+                                           for loaded, computed in items], self.run_id)
                 with self.lock:
-                    _merge(self.summary, self.timings, loaded)
-                    self.done(loaded.path)
+                    for loaded, _ in items:
+                        _merge(self.summary, self.timings, loaded)
+                        self.done(loaded.path)
             except BaseException as exc:  # noqa: BLE001 - handed to the model thread, which re-raises it
                 self.error = exc
 

@@ -113,7 +113,8 @@ def test_cpu_defaults():
         sam = None
 
     ex = ExecutionOptions().resolved(Model())
-    assert (ex.precision, ex.decoder, ex.encoder_batch, ex.decoder_group, ex.prefetch) == ("fp32", "fast", 1, 4, 4)
+    assert (ex.precision, ex.decoder, ex.encoder_batch, ex.decoder_group, ex.prefetch, ex.write_queue) == (
+        "fp32", "fast", 1, 4, 4, 4)
 
 
 @torch.no_grad()
