@@ -566,3 +566,15 @@ def _finish_run(home: Home, summary: BankBuildSummary, status: str) -> None:
         counts["failures"] = counts["failures"][:1000]
         counts.pop("bank", None)
         run.counts = counts
+
+
+def create_bank_from_clusters(home: Home, run: str, name: str, per_class: int = 8, seed: int = 0,
+                              replace: bool = False) -> BankInfo:
+    """A bank whose classes are the named clusters of clustering run ``run`` (``samsearch cluster name``):
+    each class's instances are its members' stored vectors, so no SAM runs. Closes the loop between
+    discovering classes by clustering and labeling the corpus with them."""
+    from samsearch.cluster_labels import cluster_instances
+
+    instances = cluster_instances(home, run)
+    return create_bank(home, name, instances, per_class=per_class, seed=seed, replace=replace,
+                       settings={"from_clusters": run, "per_class": per_class, "seed": seed})

@@ -423,3 +423,33 @@ def test_help_says_density_methods_are_quadratic():
 def test_readme_documents_the_eps_used_here():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert f"--eps {DBSCAN_EPS}" in readme
+
+
+def test_bank_from_named_clusters_labels_the_corpus(filled):
+    """Discovery → naming → memory bank → classification: the loop between clustering and labeling."""
+    from collections import Counter
+
+    from samsearch.bank import create_bank_from_clusters, load_centroids
+    from samsearch.labeling import Classifier
+
+    run_clustering(filled, ClusterOptions(algorithm="kmeans", n_clusters=N_CLASSES, name="k6"), progress=False)
+    got, cats = assignments(filled, "k6"), categories(filled)
+    for c in range(N_CLASSES):  # a person names each cluster after what its members show
+        majority = Counter(cats[i] for i, k in got.items() if k == c).most_common(1)[0][0]
+        name_cluster(filled, "k6", c, majority)
+    info = create_bank_from_clusters(filled, "k6", "from-k6", per_class=2)
+    assert info.as_dict()["name"] == "from-k6"
+    cents = load_centroids(filled, "from-k6")
+    clf = Classifier.from_labels(cents.labels, cents.vectors)
+    stored = {r.id: r.vector for b in filled.vectors.scroll(SEGMENTS, with_vectors=True) for r in b}
+    ids = sorted(stored)
+    cls, _, _ = clf.classify(np.stack([stored[i] for i in ids]))
+    accuracy = np.mean([clf.classes[c] == cats[i] for i, c in zip(ids, cls, strict=True)])
+    assert accuracy >= 0.8, accuracy
+
+
+def test_cli_bank_from_clusters_needs_named_clusters(cli_home):
+    result = runner.invoke(app, ["--home", str(cli_home), "bank", "build", "--from-clusters", "nope", "--name", "b"])
+    assert result.exit_code == 1 and result.stderr.startswith("Error: ")
+    result = runner.invoke(app, ["--home", str(cli_home), "bank", "build", "--name", "b"])
+    assert result.stderr == "Error: bank build needs --annotations FILE and --images DIR (or --from-clusters RUN)\n"

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from samsearch.cli.app import EXIT_PARTIAL, app, echo_json, handle_errors, open_home_from
+from samsearch.errors import InputError
 
 bank_app = typer.Typer(help="Memory banks: per-class centroids of labeled instances, for `samsearch label`.",
                        no_args_is_help=True)
@@ -22,9 +23,12 @@ def _print_bank(info) -> None:
 @handle_errors
 def build(
     ctx: typer.Context,
-    annotations: Path = typer.Option(..., "--annotations",
+    annotations: Path = typer.Option(None, "--annotations",
                                      help="COCO JSON, YOLO data.yaml/classes.txt, or BDD100K JSON."),
-    images: Path = typer.Option(..., "--images", help="Folder holding the dataset's images (searched recursively)."),
+    images: Path = typer.Option(None, "--images", help="Folder holding the dataset's images (searched recursively)."),
+    from_clusters: str = typer.Option(None, "--from-clusters", metavar="RUN",
+                                      help="Build from the named clusters of a clustering run (`samsearch cluster "
+                                           "name`) instead of a dataset: no SAM, the members' stored vectors."),
     name: str = typer.Option(..., "--name", help="Bank name: letters, digits, '_', '-', '.' (≤ 100)."),
     fmt: str = typer.Option(None, "--format", help="coco, yolo or bdd100k [default: detected from the file]."),
     per_class: int = typer.Option(8, "--per-class", min=1, help="KMeans centroids per class."),
@@ -49,7 +53,15 @@ def build(
     class to --per-class centroids (a class with fewer instances keeps them all). Centroids go to the
     vector collection bank.NAME, the bank, its classes, counts, settings and every instance embedding to
     SQL. Images that fail are listed (exit code 3); the rest still make the bank.
+    With --from-clusters RUN the instances are the stored vectors of the members of RUN's named clusters.
     """
+    if from_clusters is not None:
+        if annotations is not None or images is not None:
+            raise InputError("--from-clusters takes no --annotations/--images (the clusters are the dataset)")
+        _build_from_clusters(ctx, from_clusters, name, per_class, seed, replace, as_json)
+        return
+    if annotations is None or images is None:
+        raise InputError("bank build needs --annotations FILE and --images DIR (or --from-clusters RUN)")
     from samsearch.bank import BankBuildOptions, build_bank
     from samsearch.datasets import read_dataset
     from samsearch.models import load_model
@@ -173,3 +185,18 @@ def delete(
         echo_json(info.as_dict())
     else:
         typer.echo(f"deleted bank {info.name} ({len(info.classes)} classes, {info.n_centroids} centroids)")
+
+
+def _build_from_clusters(ctx: typer.Context, run: str, name: str, per_class: int, seed: int, replace: bool,
+                         as_json: bool) -> None:
+    from samsearch.bank import create_bank_from_clusters
+
+    home = open_home_from(ctx.parent)
+    try:
+        info = create_bank_from_clusters(home, run, name, per_class=per_class, seed=seed, replace=replace)
+    finally:
+        home.close()
+    if as_json:
+        echo_json(info.as_dict())
+    else:
+        _print_bank(info)
