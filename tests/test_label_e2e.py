@@ -247,7 +247,7 @@ def test_eval_reports_segm_map_for_sam_segments(home_dir, splits, tiny_model, co
 
 def test_demo_runs_offline(tmp_path):
     out = tmp_path / "demo"
-    result = runner.invoke(app, ["demo", "--out", str(out), "--train", "3", "--test", "2", "--json", "--quiet"])
+    result = runner.invoke(app, ["demo", "--out", str(out), "--train", "2", "--test", "1", "--json", "--quiet"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["evaluation"]["coverage"] == 1.0 and summary["evaluation"]["matched"] > 0
