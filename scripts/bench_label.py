@@ -21,7 +21,9 @@ SQLite rewrites the whole row on an update.
 
 Vectors go in with Qdrant Edge's HNSW optimizer off (``index_threshold=0``): building HNSW over 1M
 vectors takes far longer than the benchmark, and labeling never uses it (it reads every vector and
-computes an exact NN over the bank). Prints one JSON object; medians over repeats.
+computes an exact NN over the bank). ``--floor`` adds, after the runs, the engine's floor: reading every
+vector and writing the label payload to every point, each timed alone with nothing else around it (see
+:func:`engine_floor`). Prints one JSON object; medians over repeats.
 """
 
 from __future__ import annotations
@@ -128,6 +130,30 @@ def naive_loop(home: Home, bank: str, ids: list[str]) -> float:
     return (time.perf_counter() - t0) / max(1, len(ids))
 
 
+def engine_floor(home: Home, n_classes: int, seed: int) -> dict[str, float]:
+    """The least any labeling job on this store must do, timed alone: read every vector into a matrix
+    (``scroll_vectors``, nothing else), and write the label payload (the four fields ``label_segments``
+    writes, one score value per class, so one ``set_payload`` per class: the fewest and largest calls
+    possible) to every point, flushed. Their sum bounds the rate of any implementation on this engine."""
+    t0 = time.perf_counter()
+    ids: list[str] = []
+    for batch in home.vectors.scroll_vectors(SEGMENTS, None, 16384):
+        ids.extend(batch.ids)
+    read_s = time.perf_counter() - t0
+    cls = np.random.default_rng(seed).integers(0, n_classes, len(ids))
+    arr = np.asarray(ids, dtype=object)
+    t0 = time.perf_counter()
+    with home.vectors.deferred_flush():
+        home.vectors.set_payloads(SEGMENTS, ((arr[cls == c].tolist(), {
+            "label": f"class{c:02d}", "label_score": 0.5, "label_source": "bank", "bank": "floor"})
+            for c in range(n_classes)))
+    write_s = time.perf_counter() - t0
+    n = len(ids)
+    return {"read_all_vectors_s": round(read_s, 2), "write_label_payload_s": round(write_s, 2),
+            "read_us_per_segment": round(read_s / n * 1e6, 2), "write_us_per_segment": round(write_s / n * 1e6, 2),
+            "max_segments_per_s": round(n / (read_s + write_s))}
+
+
 def memory_mb() -> dict[str, int]:
     """Current and peak resident memory of this process (Linux), in MB."""
     fields = {}
@@ -155,6 +181,8 @@ def main() -> None:
     ap.add_argument("--write-every", type=int, default=None, help="payload group size [8 × batch size]")
     ap.add_argument("--home", type=Path, default=None, help="where to build the home (default: a temp folder)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--floor", action="store_true",
+                    help="after the runs, time the engine floor: read all vectors, write the label payload")
     ap.add_argument("--rle-bytes", type=int, default=300)
     args = ap.parse_args()
 
@@ -201,6 +229,8 @@ def main() -> None:
                              "load_avg_1m": round(os.getloadavg()[0], 2), **summary.stage_seconds})
             out["memory_during_labeling"] = memory_mb()
             out["accuracy_on_sample"] = round(accuracy(home, truth), 4)
+            if args.floor:
+                out["engine_floor"] = engine_floor(home, args.classes, args.seed + 4)
             info = home.vectors._get(SEGMENTS).shard.info()  # type: ignore[attr-defined]
     finally:
         if args.home is None:

@@ -52,3 +52,56 @@ def test_shards_indexed_without_links_keep_acorn(tmp_path):
     store = EdgeVectorStore(tmp_path / "v")
     assert store._get("c").linked == frozenset()
     store.close()
+
+
+def _ids(n):
+    return [f"00000000-0000-0000-0000-{i + 1:012d}" for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    "flt, exact_filter_max, exact, acorn",
+    [
+        (None, 10, False, False),
+        (Filter((Match("dataset", "a"),)), 10, False, False),  # links: walk the graph
+        (Filter((Match("label", "rare"),)), 10, True, False),  # 5 matches ≤ 10: exactly over them
+        (Filter((Match("label", "common"),)), 10, False, True),  # 45 matches > 10: ACORN
+        (Filter((Match("label", "rare"),)), 0, False, True),
+        (Filter((Range("area", 0, 4),)), 10, True, False),
+    ],
+)
+def test_unlinked_filters_are_routed_by_their_number_of_matches(tmp_path, flt, exact_filter_max, exact, acorn):
+    store = EdgeVectorStore(tmp_path / "v", exact_filter_max=exact_filter_max)
+    store.ensure_collection("c", 4)
+    ids = _ids(50)
+    store.upsert("c", ids, np.random.default_rng(0).standard_normal((50, 4)),
+                 [{"dataset": "a", "area": i} for i in range(50)])
+    store.set_payload("c", ids[:5], {"label": "rare"})
+    store.set_payload("c", ids[5:], {"label": "common"})
+    coll = store._get("c")
+    from samsearch.vectors.edge import to_edge_filter
+
+    assert store._route(coll, flt, to_edge_filter(flt), False) == (exact, acorn)
+    assert store._route(coll, flt, to_edge_filter(flt), True)[0] is True  # an exact query stays exact
+    store.close()
+
+
+def test_label_written_after_indexing_is_found_exactly(tmp_path):
+    """The case the exact route is for: HNSW built before the label existed (no label links), then a
+    filtered search on that label returns exactly the brute-force top k among its members."""
+    rng = np.random.default_rng(1)
+    n, dim = 3000, 8
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = _ids(n)
+    store = EdgeVectorStore(tmp_path / "v", index_threshold=0, exact_filter_max=1000)
+    store.ensure_collection("c", dim)
+    store.upsert("c", ids, x, [{"dataset": "a"}] * n)
+    store.optimize("c")
+    members = rng.choice(n, 300, replace=False)
+    store.set_payload("c", [ids[i] for i in members], {"label": "car"})
+    for q in rng.standard_normal((5, dim)).astype(np.float32):
+        q /= np.linalg.norm(q)
+        want = members[np.argsort(-(x[members] @ q))[:10]]
+        got = store.search("c", q, k=10, flt=Filter((Match("label", "car"),)))
+        assert [h.id for h in got] == [ids[i] for i in want]
+    store.close()

@@ -12,9 +12,14 @@ of the collection, whichever is more) were written since the last run, and on de
 included, so an optimize blocks every Python thread of the process (seconds per 20k new 256-d
 points on 2 cores).
 
-Filtering: the payload fields of ``base`` get keyword/integer/float indexes without per-value HNSW
-links (those made optimize ~8x slower); selective filters are answered from the payload index, broad
-ones by HNSW with ACORN.
+Filtering: the payload fields of ``base`` get keyword/integer/float indexes; ``dataset``, ``label`` and
+``cluster`` also get per-value HNSW links (see ``LINKED_FIELDS``). A filter covered by links walks the
+graph; any other filter (a field without links, or ``label``/``cluster`` written after the segment was
+indexed, so without their links) is routed by its estimated number of matches (from the payload index):
+up to ``exact_filter_max`` it is answered exactly over just those matches (the payload index lists
+them, only they are scored), above it by HNSW with ACORN, which finds enough matching neighbours when
+matches are common. At 1M points a label of 20 written after indexing (50k matches) had recall@10 0.72
+with ACORN and 1.0 exactly, at 7 ms.
 
 Threads: one re-entrant lock serialises every call into Edge (the bindings hold the GIL anyway, so
 nothing is lost); building the points of a batch happens outside it. Only one process (and one
@@ -147,12 +152,16 @@ class EdgeVectorStore:
     to the WAL (survives a process crash) until ``flush()``/``close()``. ``index_threshold``: build
     HNSW, inside ``upsert``, every this many written points or 10% of the collection if more (0
     disables; then call ``optimize``). ``hnsw_ef``: search-time beam width (None = Qdrant's default).
+    ``exact_filter_max``: a filter without per-value links matching at most this many points is searched
+    exactly over its matches (see the module docstring).
     """
 
     def __init__(
-        self, root: Path, *, fsync: bool = True, index_threshold: int = 20_000, hnsw_ef: int | None = None
+        self, root: Path, *, fsync: bool = True, index_threshold: int = 20_000, hnsw_ef: int | None = None,
+        exact_filter_max: int = 60_000,
     ) -> None:
         self.root = Path(root)
+        self.exact_filter_max = exact_filter_max
         self.root.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         self.index_threshold = index_threshold
@@ -361,16 +370,21 @@ class EdgeVectorStore:
             )
         return in_order(ids, {str(r.id): _record(r, with_vectors) for r in found})
 
+    def _route(self, coll: _Collection, flt: Filter | None, edge_flt: Any, exact: bool) -> tuple[bool, bool]:
+        """(exact, acorn) for a query with this filter: see "Filtering" in the module docstring."""
+        if edge_flt is None or exact or not _needs_acorn(flt, coll.linked):
+            return exact, False
+        # The payload index's cardinality estimate: ~0.3 ms at 1M points, against an exact count's ~7 ms.
+        matches = coll.shard.count(qe.CountRequest(exact=False, filter=edge_flt))
+        return (True, False) if matches <= self.exact_filter_max else (False, True)
+
     def _request(
-        self, coll: _Collection, vector: np.ndarray, k: int, flt: Filter | None, min_score: float | None,
-        exact: bool,
+        self, vector: np.ndarray, k: int, edge_flt: Any, min_score: float | None, exact: bool, acorn: bool,
     ) -> qe.QueryRequest:
-        edge_flt = to_edge_filter(flt)
-        acorn = edge_flt is not None and not exact and _needs_acorn(flt, coll.linked)
         params = qe.SearchParams(
             hnsw_ef=self.hnsw_ef,
             exact=exact,
-            # Where no per-value HNSW links cover the filter, ACORN keeps filtered search from missing matches.
+            # Where no per-value HNSW links cover a broad filter, ACORN keeps the walk from missing matches.
             acorn=qe.AcornSearchParams(enable=True) if acorn else None,
         )
         return qe.QueryRequest(
@@ -391,8 +405,9 @@ class EdgeVectorStore:
             return []
         with self._lock, self._errors("search", name):
             coll = self._get(name)
-            req = self._request(coll, unit_rows(vector, coll.dim)[0], k, flt, min_score, exact)
-            points = coll.shard.query(req)
+            edge_flt = to_edge_filter(flt)
+            route = self._route(coll, flt, edge_flt, exact)
+            points = coll.shard.query(self._request(unit_rows(vector, coll.dim)[0], k, edge_flt, min_score, *route))
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
     def search_batch(
@@ -405,7 +420,9 @@ class EdgeVectorStore:
             x = unit_rows(vectors, coll.dim)
             if not len(x):
                 return []
-            batch = qe.QueryBatchRequest([self._request(coll, row, k, flt, None, False) for row in x])
+            edge_flt = to_edge_filter(flt)
+            route = self._route(coll, flt, edge_flt, False)
+            batch = qe.QueryBatchRequest([self._request(row, k, edge_flt, None, *route) for row in x])
             results = coll.shard.query_batch(batch)
         return [[Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in res] for res in results]
 
