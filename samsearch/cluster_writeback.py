@@ -9,7 +9,8 @@
 
 Overlap: the SQL transaction runs in a worker thread. Once its rows are staged, the payloads are written
 in the calling thread while the database executes the set-based statements (SQLite and psycopg release
-the GIL while a statement runs; qdrant-edge holds it); the transaction commits only after the payloads
+the GIL while a statement runs, so Edge's payload writes, which keep taking it back, are not starved);
+the transaction commits only after the payloads
 are written. All or nothing, as far as it can be: if either half fails, the transaction is rolled back
 and the payloads already written are put back. A killed process can leave payloads half-written; re-running the
 same command (or ``samsearch cluster use`` the current run) repairs them, as payloads are always

@@ -8,9 +8,11 @@ every write method flushes before it returns.
 Indexing: Edge runs no background optimizer, so a shard stays one brute-force segment until
 ``optimize`` builds HNSW. This store runs it inside ``upsert`` once ``index_threshold`` points (or 10%
 of the collection, whichever is more) were written since the last run, and on demand through
-:meth:`EdgeVectorStore.optimize`. qdrant-edge 0.9.0 holds the GIL during every call, optimize
-included, so an optimize blocks every Python thread of the process (seconds per 20k new 256-d
-points on 2 cores).
+:meth:`EdgeVectorStore.optimize`. qdrant-edge 0.9.0 holds the GIL during upsert, scroll, flush and
+optimize, so an optimize blocks every Python thread of the process (seconds per 20k new 256-d points on
+2 cores). Payload updates release it but take it back often: next to a Python thread that never waits,
+a 60k-point ``set_payload`` took 19 s instead of under one, so bulk jobs keep other threads in C code
+(SQL statements) while payloads are written.
 
 Filtering: the payload fields of ``base`` get keyword/integer/float indexes; ``dataset``, ``label`` and
 ``cluster`` also get per-value HNSW links (see ``LINKED_FIELDS``). A filter covered by links walks the
@@ -21,8 +23,8 @@ them, only they are scored), above it by HNSW with ACORN, which finds enough mat
 matches are common. At 1M points a label of 20 written after indexing (50k matches) had recall@10 0.72
 with ACORN and 1.0 exactly, at 7 ms.
 
-Threads: one re-entrant lock serialises every call into Edge (the bindings hold the GIL anyway, so
-nothing is lost); building the points of a batch happens outside it. Only one process (and one
+Threads: one re-entrant lock serialises every call into Edge (most calls hold the GIL anyway, so
+little is lost); building the points of a batch happens outside it. Only one process (and one
 store) may open a shard directory at a time.
 """
 
