@@ -44,8 +44,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import delete, insert, select
 
-from samsearch.db import Bank, BankClass, BankVector, Run
-from samsearch.db.schema import utcnow
+from samsearch.db import Bank, BankClass, BankVector
+from samsearch.db.runs import finish_run, start_run
 from samsearch.errors import InputError, NotFoundError, SamsearchError
 from samsearch.home import EmbeddingSpace, Home
 from samsearch.vectors import Filter, Match
@@ -545,27 +545,18 @@ def _select(dataset: LabeledDataset, options: BankBuildOptions):
 
 
 def _start_run(home: Home, dataset: LabeledDataset, options: BankBuildOptions, model: LoadedModel) -> int:
-    with home.db.session() as s:
-        run = Run(kind="bank", settings={
-            "name": options.name, "format": dataset.format, "annotations": str(dataset.source),
-            "images": str(Path(dataset.images_dir)), "per_class": options.per_class, "prompts": options.prompts,
-            "max_per_class": options.max_per_class, "classes": list(options.classes or []) or None,
-            "seed": options.seed, "model": model.name, "model_key": model.key,
-        })
-        s.add(run)
-        s.flush()
-        return run.id
+    return start_run(home.db, "bank", {
+        "name": options.name, "format": dataset.format, "annotations": str(dataset.source),
+        "images": str(Path(dataset.images_dir)), "per_class": options.per_class, "prompts": options.prompts,
+        "max_per_class": options.max_per_class, "classes": list(options.classes or []) or None,
+        "seed": options.seed, "model": model.name, "model_key": model.key,
+    })
 
 
 def _finish_run(home: Home, summary: BankBuildSummary, status: str) -> None:
-    with home.db.session() as s:
-        run = s.get(Run, summary.run_id)
-        run.status = status
-        run.finished_at = utcnow()
-        counts = summary.as_dict()
-        counts["failures"] = counts["failures"][:1000]
-        counts.pop("bank", None)
-        run.counts = counts
+    counts = summary.as_dict()
+    counts.pop("bank", None)
+    finish_run(home.db, summary.run_id, status, counts)
 
 
 def create_bank_from_clusters(home: Home, run: str, name: str, per_class: int = 8, seed: int = 0,

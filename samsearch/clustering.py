@@ -43,8 +43,8 @@ from sqlalchemy.orm import Session
 from threadpoolctl import threadpool_limits
 
 from samsearch.cluster_writeback import MISSING, clustered_payloads, make_current_sql, plan_payload, write_back
-from samsearch.db import ClusterRun, Run, SegmentCluster
-from samsearch.db.schema import utcnow
+from samsearch.db import ClusterRun, SegmentCluster
+from samsearch.db.runs import finish_run, start_run
 from samsearch.errors import InputError, NotFoundError
 from samsearch.home import SEGMENTS, Home
 from samsearch.vectors import Filter, IsNull, Match
@@ -264,24 +264,12 @@ def fit_labels(x: np.ndarray, options: ClusterOptions, timings: dict[str, float]
         timings["fit"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         labels = model.predict(space) if sampled else model.labels_
-    elif options.algorithm == "dbscan":
-        model = DBSCAN(eps=options.eps, min_samples=options.min_samples, metric="cosine", algorithm="brute")
-        fit_labels_ = model.fit(fit_x).labels_
-        timings["fit"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        labels = fit_labels_
-        if sampled:
-            # DBSCAN's own rule for border points: the cluster of the nearest core sample within eps.
-            labels = np.full(n, NOISE, dtype=np.int64)
-            labels[fit_idx] = fit_labels_
-            rest = np.setdiff1d(np.arange(n), fit_idx)
-            cores = model.core_sample_indices_
-            if len(cores) and len(rest):
-                nn, d = _nearest(space[rest], fit_x[cores])
-                labels[rest] = np.where(d <= options.eps, fit_labels_[cores][nn], NOISE)
-    else:
-        model = HDBSCAN(min_cluster_size=options.min_cluster_size or max(2, options.min_samples),
-                        min_samples=options.min_samples, metric="cosine", copy=True)
+    else:  # dbscan / hdbscan: fit on the sample, then label the rest from it
+        if options.algorithm == "dbscan":
+            model = DBSCAN(eps=options.eps, min_samples=options.min_samples, metric="cosine", algorithm="brute")
+        else:
+            model = HDBSCAN(min_cluster_size=options.min_cluster_size or max(2, options.min_samples),
+                            min_samples=options.min_samples, metric="cosine", copy=True)
         fit_labels_ = model.fit(fit_x).labels_
         timings["fit"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -290,7 +278,13 @@ def fit_labels(x: np.ndarray, options: ClusterOptions, timings: dict[str, float]
             labels = np.full(n, NOISE, dtype=np.int64)
             labels[fit_idx] = fit_labels_
             rest = np.setdiff1d(np.arange(n), fit_idx)
-            if len(rest):  # the label of the nearest sampled segment
+            if options.algorithm == "dbscan":
+                # DBSCAN's own rule for border points: the cluster of the nearest core sample within eps.
+                cores = model.core_sample_indices_
+                if len(cores) and len(rest):
+                    nn, d = _nearest(space[rest], fit_x[cores])
+                    labels[rest] = np.where(d <= options.eps, fit_labels_[cores][nn], NOISE)
+            elif len(rest):  # HDBSCAN: the label of the nearest sampled segment
                 nn, _ = _nearest(space[rest], fit_x)
                 labels[rest] = fit_labels_[nn]
     timings["assign"] = time.perf_counter() - t0
@@ -351,11 +345,7 @@ def run_clustering(home: Home, options: ClusterOptions, progress: bool = True) -
     name = options.run_name()
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    with home.db.session() as s:
-        job = Run(kind="cluster", settings={**options.identity(), "name": name})
-        s.add(job)
-        s.flush()
-        job_id = job.id
+    job_id = start_run(home.db, "cluster", {**options.identity(), "name": name})
     status, counts = "failed", {}
     try:
         t0 = time.perf_counter()
@@ -388,9 +378,7 @@ def run_clustering(home: Home, options: ClusterOptions, progress: bool = True) -
         status, counts = "done", summary.as_dict()
         return summary
     finally:
-        with home.db.session() as s:
-            job = s.get(Run, job_id)
-            job.status, job.counts, job.finished_at = status, counts, utcnow()
+        finish_run(home.db, job_id, status, counts)
 
 
 def use_run(home: Home, name: str, progress: bool = True) -> int:

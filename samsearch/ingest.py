@@ -37,7 +37,8 @@ from sqlalchemy import delete, insert, or_, select, update
 from samsearch.accel import ExecutionOptions, autocast, compile_encoder, fused_attention
 from samsearch.amg import AmgSettings, generate_masks
 from samsearch.annotations import AnnotatedImage, AnnotationError, CocoAnnotations, load_coco
-from samsearch.db import Image, ImageStatus, Ingestion, Run, Segment
+from samsearch.db import Image, ImageStatus, Ingestion, Segment
+from samsearch.db.runs import finish_run, start_run
 from samsearch.db.schema import utcnow
 from samsearch.embed import RECIPE, pool_mask_embeddings
 from samsearch.encoder import EncodedImage, encode_resized, resize_image
@@ -287,27 +288,17 @@ class Ingestor:
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def start_run(self, inputs: Sequence[str]) -> int:
-        with self.home.db.session() as s:
-            run = Run(kind="ingest", settings={
-                "inputs": [str(i) for i in inputs], "dataset": self.options.dataset,
-                "prompts": self.options.prompts,
-                "annotations": str(self.options.annotations) if self.options.annotations else None,
-                "model": self.model.name, "model_key": self.model.key, "device": str(self.model.device),
-                "amg": self.options.amg.as_dict(), "settings_hash": self.settings_hash, "recipe": RECIPE,
-                "execution": self.execution.as_dict(),
-            })
-            s.add(run)
-            s.flush()
-            return run.id
+        return start_run(self.home.db, "ingest", {
+            "inputs": [str(i) for i in inputs], "dataset": self.options.dataset,
+            "prompts": self.options.prompts,
+            "annotations": str(self.options.annotations) if self.options.annotations else None,
+            "model": self.model.name, "model_key": self.model.key, "device": str(self.model.device),
+            "amg": self.options.amg.as_dict(), "settings_hash": self.settings_hash, "recipe": RECIPE,
+            "execution": self.execution.as_dict(),
+        })
 
     def finish_run(self, summary: IngestSummary, status: str = "done") -> None:
-        with self.home.db.session() as s:
-            run = s.get(Run, summary.run_id)
-            run.status = status
-            run.finished_at = utcnow()
-            counts = summary.as_dict()
-            counts["failures"] = counts["failures"][:1000]
-            run.counts = counts
+        finish_run(self.home.db, summary.run_id, status, summary.as_dict())
 
     def _claim_image(self, content_hash: str, path: Path, size: int, run_id: int) -> tuple[int, bool, bool]:
         """Create or fetch the image row and mark it running. Returns (image_id, already_done,

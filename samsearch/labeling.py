@@ -45,8 +45,8 @@ import numpy as np
 from sqlalchemy import Column, Connection, Float, MetaData, String, Table, text, update
 
 from samsearch.bank import UNKNOWN, get_bank, load_centroids
-from samsearch.db import Run, Segment
-from samsearch.db.schema import utcnow
+from samsearch.db import Segment
+from samsearch.db.runs import finish_run, start_run
 from samsearch.errors import InputError, SamsearchError
 from samsearch.home import SEGMENTS, Home
 from samsearch.vectors import Filter, IsNull, Match
@@ -360,23 +360,15 @@ _crash_point.counts = {}  # type: ignore[attr-defined]
 
 
 def _start_run(home: Home, options: LabelOptions) -> int:
-    with home.db.session() as s:
-        run = Run(kind="label", settings={
-            "bank": options.bank, "dataset": options.dataset, "min_score": options.min_score,
-            "margin": options.margin, "k": options.k, "relabel": options.relabel,
-            "overwrite_manual": options.overwrite_manual,
-        })
-        s.add(run)
-        s.flush()
-        return run.id
+    return start_run(home.db, "label", {
+        "bank": options.bank, "dataset": options.dataset, "min_score": options.min_score,
+        "margin": options.margin, "k": options.k, "relabel": options.relabel,
+        "overwrite_manual": options.overwrite_manual,
+    })
 
 
 def _finish_run(home: Home, summary: LabelSummary, status: str) -> None:
-    with home.db.session() as s:
-        run = s.get(Run, summary.run_id)
-        run.status = status
-        run.finished_at = utcnow()
-        run.counts = summary.as_dict()
+    finish_run(home.db, summary.run_id, status, summary.as_dict())
 
 
 # -- manual labels ------------------------------------------------------------------------------------------------
