@@ -1,6 +1,6 @@
 """The whole chain on a small synthetic corpus, offline, in a couple of minutes on a laptop CPU.
 
-1. draw a labeled synthetic train/test split (:mod:`samsearch.synthetic`);
+1. draw a labeled synthetic train/test split (:mod:`samsearch.data.synthetic`);
 2. build a memory bank from the train half (``tiny-random``, the annotation masks as given);
 3. ingest the test half into the demo home and label it with the bank;
 4. evaluate the labels against the test half's ground truth;
@@ -28,9 +28,9 @@ import numpy as np
 from PIL import Image as PILImage
 from sqlalchemy import select
 
+from samsearch.data.masks import rle_to_mask
 from samsearch.db import Image, Segment
 from samsearch.home import SEGMENTS, Home
-from samsearch.masks import rle_to_mask
 
 DATASET = "demo"
 BANK = "demo"
@@ -68,14 +68,15 @@ class DemoSummary:
 
 def run_demo(out: Path | str, n_train: int = 16, n_test: int = 16, seed: int = 0, neighbours: int = 5,
              progress: bool = True) -> DemoSummary:
-    from samsearch.bank import BankBuildOptions, build_bank
-    from samsearch.datasets import read_dataset
-    from samsearch.evaluate import evaluate
-    from samsearch.export_coco import export_coco
-    from samsearch.ingest import IngestOptions, ingest
-    from samsearch.labeling import LabelOptions, label_segments
-    from samsearch.models import load_model
-    from samsearch.synthetic import make_splits
+    from samsearch.bank.build import BankBuildOptions, build_bank
+    from samsearch.bank.classify import LabelOptions, label_segments
+    from samsearch.data.datasets import read_dataset
+    from samsearch.data.synthetic import make_splits
+    from samsearch.ingest.ingestor import ingest
+    from samsearch.ingest.options import IngestOptions
+    from samsearch.reports.coco_export import export_coco
+    from samsearch.reports.evaluate import evaluate
+    from samsearch.sam.models import load_model
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,7 +151,7 @@ def _cell(folder: Path, seg: Segment, path: str, caption: str) -> str:
 
 def _crop(seg: Segment, path: Path, pad: int = 6) -> PILImage.Image:
     """The segment's box (padded) from its image, with everything outside the mask dimmed."""
-    from samsearch.imageio import load_image
+    from samsearch.data.imageio import load_image
 
     rgb = load_image(path).rgb.astype(np.float32)
     mask = rle_to_mask(seg.rle)

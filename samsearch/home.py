@@ -9,7 +9,6 @@ the other ``SAMSEARCH_QDRANT_*`` variables (:class:`samsearch.vectors.server.Qdr
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from sqlalchemy import select
 
 from samsearch.db import Database, Meta, default_sqlite_url, open_database
 from samsearch.errors import EmbeddingSpaceMismatch
+from samsearch.identity import EmbeddingSpace
 from samsearch.vectors import VectorStore, open_vector_store
 
 SEGMENTS = "segments"  # the vector collection holding one vector per stored segment
@@ -24,19 +24,6 @@ SEGMENTS = "segments"  # the vector collection holding one vector per stored seg
 
 def default_home() -> Path:
     return Path(os.environ.get("SAMSEARCH_HOME") or Path.home() / ".samsearch").expanduser()
-
-
-@dataclass(frozen=True)
-class EmbeddingSpace:
-    """What produced the vectors of a home; two spaces must be equal for their vectors to be compared."""
-
-    model: str
-    checkpoint_sha256: str
-    recipe: str
-    dim: int
-
-    def describe(self) -> str:
-        return f"{self.model} (weights {self.checkpoint_sha256[:12]}, {self.recipe}, {self.dim}-d)"
 
 
 class Home:
@@ -66,16 +53,16 @@ class Home:
     def embedding_space(self) -> EmbeddingSpace | None:
         with self.db.session() as s:
             row = s.get(Meta, "embedding_space")
-            return EmbeddingSpace(**row.value) if row else None
+            return EmbeddingSpace.from_dict(row.value) if row else None
 
     def claim_embedding_space(self, space: EmbeddingSpace) -> None:
         """Record ``space`` for an empty home, or check it matches what the home already holds."""
         with self.db.session() as s:
             row = s.execute(select(Meta).where(Meta.key == "embedding_space").with_for_update()).scalar()
             if row is None:
-                s.add(Meta(key="embedding_space", value=space.__dict__))
-            elif EmbeddingSpace(**row.value) != space:
-                held = EmbeddingSpace(**row.value)
+                s.add(Meta(key="embedding_space", value=space.as_dict()))
+            elif EmbeddingSpace.from_dict(row.value) != space:
+                held = EmbeddingSpace.from_dict(row.value)
                 raise EmbeddingSpaceMismatch(
                     f"{self.root}: this home holds vectors from {held.describe()}; this run uses "
                     f"{space.describe()}; vectors from different models cannot be mixed "

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from segment_anything import SamAutomaticMaskGenerator
 
-from samsearch.amg import AmgSettings, generate_masks
-from samsearch.encoder import encode_image
-from samsearch.imageio import load_image
-from samsearch.masks import masks_to_rles
-from samsearch.models import load_model
-from samsearch.parity import mask_parity
-from samsearch.synthetic import make_dataset
+from samsearch.data.imageio import load_image
+from samsearch.data.masks import masks_to_rles
+from samsearch.data.synthetic import make_dataset
+from samsearch.sam.amg import AmgSettings, generate_masks
+from samsearch.sam.encoder import encode_image
+from samsearch.sam.models import load_model
+from samsearch.sam.parity import mask_parity
 
 SETTINGS = {
     # thresholds lowered and NMS off, so every mask of the random decoder survives to the end

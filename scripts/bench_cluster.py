@@ -29,14 +29,15 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 from sqlalchemy import insert, select, update
 
-from samsearch.cluster_report import list_runs
-from samsearch.cluster_writeback import clustered_payloads, plan_payload
-from samsearch.clustering import ClusterOptions, delete_run, run_clustering
+from samsearch.cluster.job import ClusterOptions, delete_run, run_clustering
+from samsearch.cluster.writeback import clustered_payloads, plan_payload
+from samsearch.data.masks import mask_to_rle
 from samsearch.db import ClusterRun, Image, Segment, SegmentCluster
 from samsearch.db.schema import utcnow
-from samsearch.embed import RECIPE
-from samsearch.home import SEGMENTS, EmbeddingSpace, Home
-from samsearch.masks import mask_to_rle
+from samsearch.home import SEGMENTS, Home
+from samsearch.identity import EmbeddingSpace
+from samsearch.reports.clusters import list_runs
+from samsearch.sam.pooling import RECIPE
 
 DIM = 256
 ID_BASE = 1 << 64  # point ids are UUID(int=ID_BASE + i): the generating label of a point is labels[i]

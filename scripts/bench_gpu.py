@@ -30,16 +30,17 @@ import numpy as np
 import torch
 from segment_anything import SamAutomaticMaskGenerator
 
-from samsearch.accel import ExecutionOptions, autocast, fused_attention
-from samsearch.amg import AmgSettings, generate_masks
-from samsearch.embed import pool_mask_embeddings
-from samsearch.encoder import encode_image
+from samsearch.data.imageio import load_image
+from samsearch.data.synthetic import make_dataset
 from samsearch.home import Home
-from samsearch.imageio import load_image
-from samsearch.ingest import IngestOptions, Ingestor
-from samsearch.models import MODELS, LoadedModel, build_sam, select_device
-from samsearch.parity import embedding_cosine, mask_parity
-from samsearch.synthetic import make_dataset
+from samsearch.ingest.ingestor import Ingestor
+from samsearch.ingest.options import IngestOptions
+from samsearch.sam.accel import ExecutionOptions, autocast, fused_attention
+from samsearch.sam.amg import AmgSettings, generate_masks
+from samsearch.sam.encoder import encode_image
+from samsearch.sam.models import MODELS, LoadedModel, build_sam, select_device
+from samsearch.sam.parity import embedding_cosine, mask_parity
+from samsearch.sam.pooling import pool_mask_embeddings
 
 THRESHOLDS = {"sam": {}, "lowered": dict(pred_iou_thresh=-1.0, stability_score_thresh=0.0)}
 

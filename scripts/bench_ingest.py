@@ -30,12 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def measure(args: argparse.Namespace) -> dict:
     import torch
 
-    from samsearch.accel import ExecutionOptions
-    from samsearch.amg import AmgSettings
+    from samsearch.data.synthetic import make_dataset
     from samsearch.home import Home
-    from samsearch.ingest import IngestOptions, ingest
-    from samsearch.models import load_model
-    from samsearch.synthetic import make_dataset
+    from samsearch.ingest.ingestor import ingest
+    from samsearch.ingest.options import IngestOptions
+    from samsearch.sam.accel import ExecutionOptions
+    from samsearch.sam.amg import AmgSettings
+    from samsearch.sam.models import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

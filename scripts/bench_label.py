@@ -12,7 +12,7 @@ each repeat, side by side (this box is shared, so the load changes over minutes)
   the store's default durability (Qdrant Edge flushes after every write) on a tenth of the sample, and
   inside ``deferred_flush`` (the durability the bulk job has) on all of it. Its rate is extrapolated to the
   whole corpus;
-* :func:`samsearch.labeling.label_segments` over everything (the first run labels the unlabeled segments;
+* :func:`samsearch.bank.classify.label_segments` over everything (the first run labels the unlabeled segments;
   later repeats use ``relabel``, which selects and rewrites every segment again), timed end to end,
   write-back (SQL + payload, flushed) included, with the CPU time of the process and of its main thread.
 
@@ -44,9 +44,10 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import text
 
-from samsearch.bank import bank_collection, create_bank
-from samsearch.home import SEGMENTS, EmbeddingSpace, Home
-from samsearch.labeling import LabelOptions, label_segments
+from samsearch.bank.classify import LabelOptions, label_segments
+from samsearch.bank.store import bank_collection, create_bank
+from samsearch.home import SEGMENTS, Home
+from samsearch.identity import EmbeddingSpace
 from samsearch.vectors.edge import EdgeVectorStore
 
 NOISE = 0.35  # per-dimension noise × sqrt(dim) relative to the unit cluster centre

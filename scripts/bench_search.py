@@ -43,11 +43,12 @@ from typing import Any
 import numpy as np
 from sqlalchemy import insert
 
+from samsearch.data.masks import mask_to_rle
 from samsearch.db import Image, Segment
-from samsearch.embed import RECIPE
-from samsearch.home import SEGMENTS, EmbeddingSpace, Home
-from samsearch.masks import mask_to_rle
-from samsearch.search import SearchFilters, search_by_segment, search_by_vector
+from samsearch.home import SEGMENTS, Home
+from samsearch.identity import EmbeddingSpace
+from samsearch.sam.pooling import RECIPE
+from samsearch.search.query import SearchFilters, search_by_segment, search_by_vector
 
 DIM = 256
 N_LABELS, SUBS_PER_LABEL, N_DATASETS = 20, 50, 10

@@ -29,8 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from samsearch.doctor import diagnose
-from samsearch.synthetic import make_dataset
+from samsearch.data.synthetic import make_dataset
+from samsearch.reports.doctor import diagnose
 from samsearch.testing.reliability import (
     cluster,
     differences,

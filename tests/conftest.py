@@ -54,7 +54,7 @@ def home(request, tmp_path):
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    from samsearch.models import load_model
+    from samsearch.sam.models import load_model
 
     return load_model("tiny-random", device="cpu")
 
@@ -62,7 +62,7 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def shapes(tmp_path_factory) -> object:
     """24 synthetic images (256×192) with 2–4 coloured/textured objects each, and their COCO file."""
-    from samsearch.synthetic import make_dataset
+    from samsearch.data.synthetic import make_dataset
 
     return make_dataset(tmp_path_factory.mktemp("shapes"), n_images=24, seed=0)
 
@@ -76,6 +76,16 @@ def _isolated_env(monkeypatch, tmp_path):
     for var in [v for v in os.environ if v.startswith("SAMSEARCH_QDRANT_")]:  # shards, on-disk, ... (issue 6)
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("SAMSEARCH_CACHE", str(tmp_path / "cache"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that need the PostgreSQL server carry the ``postgres`` marker (``-m "not postgres"`` runs the
+    rest on a machine without it): those that take ``pg_url``, and the Postgres cases of parametrized
+    fixtures (``database_url``, ``home``)."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "pg_url" in item.fixturenames or any(str(v).startswith("postgres") for v in params.values()):
+            item.add_marker(pytest.mark.postgres)
 
 
 def repo_root() -> Path:

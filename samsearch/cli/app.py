@@ -2,19 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from samsearch.errors import SamsearchError
 
+
+class HomeAnywhereGroup(TyperGroup):
+    """Accepts the global ``--home DIR`` after the subcommand too (``samsearch stats --home X``): it is
+    moved in front of the subcommand before parsing. Arguments after ``--`` are left alone."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        front: list[str] = []
+        rest: list[str] = []
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            if arg == "--":
+                rest.extend(args[i:])
+                break
+            if arg == "--home" and i + 1 < len(args):
+                front += args[i:i + 2]
+                i += 2
+                continue
+            (front if arg.startswith("--home=") else rest).append(arg)
+            i += 1
+        return super().parse_args(ctx, front + rest)
+
+
 app = typer.Typer(
     name="samsearch",
+    cls=HomeAnywhereGroup,
     help="Segment search and bulk labeling on Segment Anything (SAM) embeddings.",
     no_args_is_help=True,
     add_completion=False,
@@ -30,15 +56,20 @@ EXIT_PARTIAL = 3
 def _global(
     ctx: typer.Context,
     home: Path = typer.Option(None, "--home", envvar="SAMSEARCH_HOME",
-                              help="Home folder holding the database and vectors [default: ~/.samsearch]."),
+                              help="Home folder holding the database and vectors [default: ~/.samsearch]. "
+                                   "Accepted before or after the command."),
 ) -> None:
     ctx.obj = {"home": home}
 
 
-def open_home_from(ctx: typer.Context):
+@contextlib.contextmanager
+def cli_home(ctx: typer.Context) -> Iterator[Any]:
+    """The home named by ``--home`` (or ``SAMSEARCH_HOME``), open for the block and closed after it."""
     from samsearch.home import Home
 
-    return Home(ctx.obj.get("home") if ctx.obj else None)
+    root = ctx.find_root()
+    with Home((root.obj or {}).get("home")) as home:
+        yield home
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
-from samsearch.cli.app import EXIT_PARTIAL, app, echo_json, handle_errors, open_home_from
+from samsearch.cli.app import EXIT_PARTIAL, app, cli_home, echo_json, handle_errors
 from samsearch.errors import InputError
 
 bank_app = typer.Typer(help="Memory banks: per-class centroids of labeled instances, for `samsearch label`.",
@@ -30,9 +31,10 @@ def build(
                                       help="Build from the named clusters of a clustering run (`samsearch cluster "
                                            "name`) instead of a dataset: no SAM, the members' stored vectors."),
     name: str = typer.Option(..., "--name", help="Bank name: letters, digits, '_', '-', '.' (≤ 100)."),
-    fmt: str = typer.Option(None, "--format", help="coco, yolo or bdd100k [default: detected from the file]."),
+    fmt: Literal["coco", "yolo", "bdd100k"] | None = typer.Option(
+        None, "--format", help="coco, yolo or bdd100k [default: detected from the file]."),
     per_class: int = typer.Option(8, "--per-class", min=1, help="KMeans centroids per class."),
-    prompts: str = typer.Option("boxes", "--prompts",
+    prompts: Literal["boxes", "masks"] = typer.Option("boxes", "--prompts",
                                 help="boxes: prompt SAM with each labeled box; masks: embed each annotation's "
                                      "own mask (polygon/RLE) as given."),
     max_per_class: int = typer.Option(None, "--max-per-class", min=1,
@@ -62,20 +64,17 @@ def build(
         return
     if annotations is None or images is None:
         raise InputError("bank build needs --annotations FILE and --images DIR (or --from-clusters RUN)")
-    from samsearch.bank import BankBuildOptions, build_bank
-    from samsearch.datasets import read_dataset
-    from samsearch.models import load_model
+    from samsearch.bank.build import BankBuildOptions, build_bank
+    from samsearch.data.datasets import read_dataset
+    from samsearch.sam.models import load_model
 
     wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     dataset = read_dataset(annotations, images, fmt)
     loaded = load_model(model, checkpoint=checkpoint, device=device, progress=not quiet)
     options = BankBuildOptions(name=name, per_class=per_class, prompts=prompts, max_per_class=max_per_class,
                                classes=wanted, seed=seed, replace=replace)
-    home = open_home_from(ctx.parent)
-    try:
+    with cli_home(ctx) as home:
         summary = build_bank(home, loaded, dataset, options, progress=not quiet)
-    finally:
-        home.close()
     if as_json:
         echo_json(summary.as_dict())
     else:
@@ -104,13 +103,10 @@ def rebuild(
     as_json: bool = typer.Option(False, "--json", help="Print the bank as JSON."),
 ) -> None:
     """Re-run KMeans on a bank's stored instance embeddings with another --per-class (no SAM)."""
-    from samsearch.bank import rebuild_bank
+    from samsearch.bank.store import rebuild_bank
 
-    home = open_home_from(ctx.parent)
-    try:
+    with cli_home(ctx) as home:
         info = rebuild_bank(home, name, per_class, new_name=new_name, seed=seed)
-    finally:
-        home.close()
     echo_json(info.as_dict()) if as_json else _print_bank(info)
 
 
@@ -118,13 +114,10 @@ def rebuild(
 @handle_errors
 def list_(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """The banks of this home."""
-    from samsearch.bank import list_banks
+    from samsearch.bank.store import list_banks
 
-    home = open_home_from(ctx.parent)
-    try:
+    with cli_home(ctx) as home:
         banks = list_banks(home)
-    finally:
-        home.close()
     if as_json:
         echo_json([b.as_dict() for b in banks])
         return
@@ -144,13 +137,10 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """A bank's classes with instance and centroid counts, and how it was built."""
-    from samsearch.bank import get_bank
+    from samsearch.bank.store import get_bank
 
-    home = open_home_from(ctx.parent)
-    try:
+    with cli_home(ctx) as home:
         info = get_bank(home, name)
-    finally:
-        home.close()
     if as_json:
         echo_json(info.as_dict())
         return
@@ -174,13 +164,10 @@ def delete(
     as_json: bool = typer.Option(False, "--json", help="Print the deleted bank as JSON."),
 ) -> None:
     """Delete a bank (its SQL rows and its centroid collection). Labels it wrote stay on the segments."""
-    from samsearch.bank import delete_bank
+    from samsearch.bank.store import delete_bank
 
-    home = open_home_from(ctx.parent)
-    try:
+    with cli_home(ctx) as home:
         info = delete_bank(home, name)
-    finally:
-        home.close()
     if as_json:
         echo_json(info.as_dict())
     else:
@@ -189,13 +176,10 @@ def delete(
 
 def _build_from_clusters(ctx: typer.Context, run: str, name: str, per_class: int, seed: int, replace: bool,
                          as_json: bool) -> None:
-    from samsearch.bank import create_bank_from_clusters
+    from samsearch.bank.build import create_bank_from_clusters
 
-    home = open_home_from(ctx.parent)
-    try:
+    with cli_home(ctx) as home:
         info = create_bank_from_clusters(home, run, name, per_class=per_class, seed=seed, replace=replace)
-    finally:
-        home.close()
     if as_json:
         echo_json(info.as_dict())
     else:

@@ -10,10 +10,11 @@ subcommands, and a bare ``samsearch cluster`` prints the help.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
-from samsearch.cli.app import app, echo_json, handle_errors, open_home_from
+from samsearch.cli.app import app, cli_home, echo_json, handle_errors
 
 CLUSTER_HELP = """Discover classes nobody labeled: cluster the stored segments' embeddings.
 
@@ -47,7 +48,8 @@ app.add_typer(cluster_app, name="cluster")
 @handle_errors
 def cluster(
     ctx: typer.Context,
-    algorithm: str = typer.Option("minibatch-kmeans", "--algorithm",
+    algorithm: Literal["kmeans", "minibatch-kmeans", "dbscan", "hdbscan"] = typer.Option(
+        "minibatch-kmeans", "--algorithm",
                                   help="kmeans | minibatch-kmeans | dbscan | hdbscan (the last two are quadratic)."),
     n_clusters: int = typer.Option(None, "--n-clusters", help="Number of clusters (kmeans, minibatch-kmeans)."),
     eps: float = typer.Option(0.1, "--eps",
@@ -71,7 +73,7 @@ def cluster(
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    from samsearch.clustering import ClusterOptions, run_clustering
+    from samsearch.cluster.job import ClusterOptions, run_clustering
 
     options = ClusterOptions(
         algorithm=algorithm, n_clusters=n_clusters, eps=eps, min_samples=min_samples,
@@ -79,11 +81,8 @@ def cluster(
         pca=pca, seed=seed, name=name, make_current=current,
     )
     options.validate()  # before opening the home: bad options never touch it
-    home = open_home_from(ctx)
-    try:
+    with cli_home(ctx) as home:
         summary = run_clustering(home, options, progress=not quiet)
-    finally:
-        home.close()
     if as_json:
         echo_json(summary.as_dict())
         return
@@ -109,13 +108,10 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Sizes, cohesion (mean cosine similarity to the centre) and most typical members of every cluster."""
-    from samsearch.cluster_report import cluster_report, write_cluster_gallery
+    from samsearch.reports.clusters import cluster_report, write_cluster_gallery
 
-    home = open_home_from(ctx)
-    try:
+    with cli_home(ctx) as home:
         report = cluster_report(home, run, top=top)
-    finally:
-        home.close()
     if gallery is not None:
         write_cluster_gallery(report, gallery)
     if as_json:
@@ -149,13 +145,10 @@ def name_cmd(
 
     Manual labels are kept unless --overwrite-manual. Naming again relabels the same members.
     """
-    from samsearch.cluster_labels import name_cluster
+    from samsearch.cluster.naming import name_cluster
 
-    home = open_home_from(ctx)
-    try:
+    with cli_home(ctx) as home:
         summary = name_cluster(home, run, cluster_id, label, overwrite_manual=overwrite_manual)
-    finally:
-        home.close()
     if as_json:
         echo_json(summary.as_dict())
         return
@@ -171,13 +164,10 @@ def list_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the runs as JSON."),
 ) -> None:
     """Clustering runs, the current one marked with *."""
-    from samsearch.cluster_report import list_runs
+    from samsearch.reports.clusters import list_runs
 
-    home = open_home_from(ctx)
-    try:
+    with cli_home(ctx) as home:
         runs = list_runs(home)
-    finally:
-        home.close()
     if as_json:
         echo_json(runs)
         return
@@ -199,13 +189,10 @@ def use_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Make RUN the current run: segments' cluster field and the payload `cluster` follow it."""
-    from samsearch.clustering import use_run
+    from samsearch.cluster.job import use_run
 
-    home = open_home_from(ctx)
-    try:
+    with cli_home(ctx) as home:
         changed = use_run(home, run, progress=not quiet)
-    finally:
-        home.close()
     typer.echo(f"run '{run}' is current ({changed} payloads updated)")
 
 
@@ -216,11 +203,8 @@ def delete_cmd(
     run: str = typer.Argument(..., metavar="RUN", help="Run name."),
 ) -> None:
     """Forget RUN (its cluster ids and names). Labels written by `cluster name` stay."""
-    from samsearch.clustering import delete_run
+    from samsearch.cluster.job import delete_run
 
-    home = open_home_from(ctx)
-    try:
+    with cli_home(ctx) as home:
         n = delete_run(home, run)
-    finally:
-        home.close()
     typer.echo(f"deleted run '{run}' ({n} segments)")

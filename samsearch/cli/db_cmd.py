@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import typer
 
-from samsearch.cli.app import app, handle_errors, open_home_from
+from samsearch.cli.app import app, cli_home, handle_errors
 
 db_app = typer.Typer(help="Metadata database commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -12,9 +12,6 @@ app.add_typer(db_app, name="db")
 @handle_errors
 def upgrade(ctx: typer.Context) -> None:
     """Apply pending schema migrations (also done automatically on first use)."""
-    home = open_home_from(ctx.parent)
-    try:
+    with cli_home(ctx) as home:
         home.db.upgrade()
         typer.echo(f"{home.db.safe_url}: schema at revision {home.db.current_revision()}")
-    finally:
-        home.close()

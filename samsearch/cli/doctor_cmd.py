@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import typer
 
-from samsearch.cli.app import EXIT_PARTIAL, app, echo_json, handle_errors, open_home_from
+from samsearch.cli.app import EXIT_PARTIAL, app, cli_home, echo_json, handle_errors
 
 
 @app.command("doctor")
@@ -20,13 +20,10 @@ def doctor(
 
     Exit code 0 when all is well (or was repaired), 3 when problems remain.
     """
-    from samsearch.doctor import diagnose
+    from samsearch.reports.doctor import diagnose
 
-    home = open_home_from(ctx)
-    try:
+    with cli_home(ctx) as home:
         report = diagnose(home, repair=repair, progress=not quiet)
-    finally:
-        home.close()
     if as_json:
         echo_json(report.as_dict())
     else:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
-from samsearch.cli.app import app, echo_json, handle_errors, open_home_from
+from samsearch.cli.app import app, cli_home, echo_json, handle_errors
 
 
 def _pct(v) -> str:
@@ -20,20 +21,17 @@ def eval_(
     annotations: Path = typer.Option(..., "--annotations", help="Ground truth as COCO JSON."),
     dataset: str = typer.Option(None, "--dataset", help="Only images of this dataset."),
     iou: float = typer.Option(0.5, "--iou", help="Mask IoU needed to match a segment to an object."),
-    source: str = typer.Option(None, "--source",
+    source: Literal["auto", "box", "mask"] | None = typer.Option(None, "--source",
                                help="Only segments made this way: auto, box or mask (a home may hold several "
                                     "segmentations of the same images)."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON."),
 ) -> None:
     """Match segments to ground-truth objects by mask IoU and report label accuracy, per-class precision
     and recall, the confusion matrix, coverage, and COCO segm mAP when the segments came from SAM."""
-    from samsearch.evaluate import evaluate
+    from samsearch.reports.evaluate import evaluate
 
-    home = open_home_from(ctx)
-    try:
+    with cli_home(ctx) as home:
         report = evaluate(home, annotations, dataset=dataset, iou=iou, source=source)
-    finally:
-        home.close()
     if as_json:
         echo_json(report.as_dict())
         return

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from samsearch.cli.app import echo_json, handle_errors, open_home_from
+from samsearch.cli.app import cli_home, echo_json, handle_errors
 from samsearch.cli.export_cmd import export_app
 
 
@@ -27,14 +27,11 @@ def coco(
 ) -> None:
     """Write images, categories and one annotation per segment (RLE mask, bbox, area, score, category,
     source annotation id) that pycocotools, CVAT and Label Studio load."""
-    from samsearch.export_coco import export_coco
+    from samsearch.reports.coco_export import export_coco
 
-    home = open_home_from(ctx.parent)
-    try:
+    with cli_home(ctx) as home:
         summary = export_coco(home, out, dataset=dataset, labeled_only=labeled_only, min_score=min_score,
                               relative_to=relative_to, progress=not quiet)
-    finally:
-        home.close()
     if as_json:
         echo_json(summary.as_dict())
     else:

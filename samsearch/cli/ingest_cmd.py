@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
-from samsearch.cli.app import EXIT_PARTIAL, app, echo_json, handle_errors, open_home_from
+from samsearch.cli.app import EXIT_PARTIAL, app, cli_home, echo_json, handle_errors
 
 
 @app.command("ingest")
@@ -13,7 +14,7 @@ def ingest(
     ctx: typer.Context,
     paths: list[str] = typer.Argument(..., help="Image files, folders (recursive) or glob patterns."),
     dataset: str = typer.Option("default", "--dataset", help="Dataset name stored with every image."),
-    prompts: str = typer.Option("auto", "--prompts",
+    prompts: Literal["auto", "boxes", "masks"] = typer.Option("auto", "--prompts",
                                 help="auto: segment everything over a point grid; boxes: prompt SAM with the "
                                      "boxes of --annotations; masks: embed the annotation masks as given."),
     annotations: Path = typer.Option(None, "--annotations", help="COCO JSON for --prompts boxes|masks."),
@@ -29,10 +30,10 @@ def ingest(
     min_mask_region_area: int = typer.Option(0, "--min-mask-region-area", min=0),
     max_pixels: int = typer.Option(200_000_000, "--max-pixels",
                                    help="Larger images are recorded as failed (decompression-bomb guard)."),
-    decoder: str = typer.Option("fast", "--decoder",
+    decoder: Literal["fast", "exact"] = typer.Option("fast", "--decoder",
                                 help="fast: samsearch's mask decoder (same masks up to float rounding, several "
                                      "times faster); exact: segment_anything's own, bit-identical."),
-    precision: str = typer.Option("fp32", "--precision",
+    precision: Literal["fp32", "bf16", "fp16"] = typer.Option("fp32", "--precision",
                                   help="fp32, bf16 or fp16 autocast for the encoder and decoder (fp16: CUDA "
                                        "only). Stored vectors are fp32 either way."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the image encoder (CUDA only)."),
@@ -59,10 +60,11 @@ def ingest(
     With --enqueue the images are queued instead, for `samsearch worker` (see `samsearch queue status`).
     Exit code 3 when some images failed (they are listed; see also `samsearch stats`).
     """
-    from samsearch.accel import ExecutionOptions
-    from samsearch.amg import AmgSettings
-    from samsearch.ingest import IngestOptions, Ingestor
-    from samsearch.models import load_model, select_device
+    from samsearch.ingest.ingestor import Ingestor
+    from samsearch.ingest.options import IngestOptions
+    from samsearch.sam.accel import ExecutionOptions
+    from samsearch.sam.amg import AmgSettings
+    from samsearch.sam.models import load_model, select_device
 
     options = IngestOptions(
         dataset=dataset, prompts=prompts, annotations=annotations, max_pixels=max_pixels,  # type: ignore[arg-type]
@@ -79,11 +81,8 @@ def ingest(
         return
     options.execution.validate(select_device(device))  # before any download
     loaded = load_model(model, checkpoint=checkpoint, device=device, progress=not quiet)
-    home = open_home_from(ctx)
-    try:
+    with cli_home(ctx) as home:
         summary = Ingestor(home, loaded, options).run(paths, progress=not quiet)
-    finally:
-        home.close()
     if as_json:
         echo_json(summary.as_dict())
     else:
@@ -102,13 +101,10 @@ def ingest(
 
 def _enqueue(ctx: typer.Context, paths: list[str], model: str, options, checkpoint: Path | None, as_json: bool,
              quiet: bool) -> None:
-    from samsearch.queue import enqueue
+    from samsearch.jobs.work_queue import enqueue
 
-    home = open_home_from(ctx)
-    try:
+    with cli_home(ctx) as home:
         summary = enqueue(home, paths, model, options, checkpoint=checkpoint, progress=not quiet)
-    finally:
-        home.close()
     if as_json:
         echo_json(summary.as_dict())
     else:

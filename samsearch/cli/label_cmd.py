@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from samsearch.cli.app import app, echo_json, handle_errors, open_home_from
+from samsearch.cli.app import app, cli_home, echo_json, handle_errors
 
 
 @app.command("label")
@@ -34,15 +34,12 @@ def label(
     it again, and re-running a finished one changes nothing. Labels, scores and the bank name go to the
     vector payload and to SQL. Prints how many segments got each label.
     """
-    from samsearch.labeling import LabelOptions, label_segments
+    from samsearch.bank.classify import LabelOptions, label_segments
 
     options = LabelOptions(bank=bank, dataset=dataset, min_score=min_score, margin=margin, k=k, relabel=relabel,
                            overwrite_manual=overwrite_manual, batch_size=batch_size)
-    home = open_home_from(ctx)
-    try:
+    with cli_home(ctx) as home:
         summary = label_segments(home, options, progress=not quiet)
-    finally:
-        home.close()
     if as_json:
         echo_json(summary.as_dict())
         return

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import typer
 
-from samsearch.cli.app import app, echo_json, handle_errors, open_home_from
+from samsearch.cli.app import app, cli_home, echo_json, handle_errors
 
 queue_app = typer.Typer(help="The ingest work queue (fed by `ingest --enqueue`, drained by `worker`).",
                         no_args_is_help=True)
@@ -16,13 +16,10 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
 ) -> None:
     """Images pending / running / done / failed, expired leases, and the workers holding leases now."""
-    from samsearch.queue import queue_status
+    from samsearch.jobs.work_queue import queue_status
 
-    home = open_home_from(ctx.parent)
-    try:
+    with cli_home(ctx) as home:
         data = queue_status(home)
-    finally:
-        home.close()
     if as_json:
         echo_json(data)
         return
@@ -49,13 +46,10 @@ def retry_failed(
     as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
 ) -> None:
     """Queue failed images again, with the settings of the run that failed them."""
-    from samsearch.queue import retry_failed as retry
+    from samsearch.jobs.work_queue import retry_failed as retry
 
-    home = open_home_from(ctx.parent)
-    try:
+    with cli_home(ctx) as home:
         data = retry(home, dataset)
-    finally:
-        home.close()
     if as_json:
         echo_json(data)
         return

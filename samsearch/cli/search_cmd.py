@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from samsearch.cli.app import app, echo_json, handle_errors, open_home_from
+from samsearch.cli.app import app, cli_home, echo_json, handle_errors
 from samsearch.errors import InputError, SamsearchError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -66,7 +66,7 @@ def _table(results: Any) -> str:
 
 
 def _gallery(results: Any, out: Path) -> Path:
-    from samsearch.gallery import GalleryItem, GallerySection, write_gallery
+    from samsearch.reports.gallery import GalleryItem, GallerySection, write_gallery
 
     q = results.query
     query_item = None
@@ -144,8 +144,8 @@ def search(
     Prints rank, score (cosine similarity), segment id, bbox, label and image path. Filters run inside
     the vector store. `samsearch show SEGMENT_ID --out FILE.png` draws one hit.
     """
-    from samsearch.image_query import parse_box, parse_point
-    from samsearch.search import SearchFilters, search_by_image, search_by_label, search_by_segment
+    from samsearch.search.prompt import parse_box, parse_point
+    from samsearch.search.query import SearchFilters, search_by_image, search_by_label, search_by_segment
 
     prompt_options = [name for name, value in (("--box", box), ("--point", point),
                                                ("--negative-point", negative_point), ("--mask", mask)) if value]
@@ -162,16 +162,13 @@ def search(
             "negative_points": [parse_point(p, "--negative-point") for p in negative_point or []],
             "mask": mask,
         }
-    home = open_home_from(ctx)
-    try:
+    with cli_home(ctx) as home:
         if kind == "segment":
             results = search_by_segment(home, segment, **common)
         elif kind == "image":
             results = search_by_image(home, image, **prompt, checkpoint=checkpoint, device=device, **common)
         else:
             results = search_by_label(home, label, bank, **common)
-    finally:
-        home.close()
     if gallery is not None:
         _gallery(results, gallery)
     if as_json:
@@ -195,12 +192,9 @@ def show(
     """Draw one stored segment over its image (tinted, outlined) into a PNG."""
     from PIL import Image
 
-    from samsearch.segments import render_segment
+    from samsearch.reports.gallery import render_segment
 
-    home = open_home_from(ctx)
-    try:
+    with cli_home(ctx) as home:
         path = render_segment(home, segment_id, out, max_side=max_side)
-    finally:
-        home.close()
     with Image.open(path) as pic:
         typer.echo(f"wrote {path} ({pic.width}x{pic.height})")

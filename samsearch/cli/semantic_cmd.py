@@ -4,10 +4,11 @@ other export formats can be added to ``export_app`` without touching this one)."
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
-from samsearch.cli.app import echo_json, handle_errors, open_home_from
+from samsearch.cli.app import cli_home, echo_json, handle_errors
 from samsearch.cli.export_cmd import export_app
 
 
@@ -16,7 +17,8 @@ from samsearch.cli.export_cmd import export_app
 def semantic(
     ctx: typer.Context,
     out_dir: Path = typer.Argument(..., metavar="DIR", help="Output folder (created if missing)."),
-    by: str = typer.Option("cluster", "--by", help="cluster: the run's cluster ids; label: segment labels."),
+    by: Literal["cluster", "label"] = typer.Option(
+        "cluster", "--by", help="cluster: the run's cluster ids; label: segment labels."),
     run: str = typer.Option(None, "--run", help="Clustering run for --by cluster [default: the current run]."),
     dataset: str = typer.Option(None, "--dataset", help="Only images of this dataset."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -28,13 +30,10 @@ def semantic(
     sorted by name get 1, 2, ... Where segments overlap the smallest one wins (painted last). 8-bit PNGs
     when every value fits, else 16-bit. Files: DIR/labels/<image id>_<name>.png, DIR/overlays/...png.
     """
-    from samsearch.semantic_maps import export_semantic_maps
+    from samsearch.reports.semantic_maps import export_semantic_maps
 
-    home = open_home_from(ctx)
-    try:
+    with cli_home(ctx) as home:
         summary = export_semantic_maps(home, out_dir, by=by, run=run, dataset=dataset, progress=not quiet)
-    finally:
-        home.close()
     if as_json:
         echo_json(summary.as_dict())
         return

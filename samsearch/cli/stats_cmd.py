@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import typer
 
-from samsearch.cli.app import app, echo_json, handle_errors, open_home_from
+from samsearch.cli.app import app, cli_home, echo_json, handle_errors
 
 
 @app.command("stats")
@@ -12,13 +12,10 @@ def stats(
     as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
 ) -> None:
     """Counts per dataset, model and status, and the images that failed."""
-    from samsearch.stats import collect_stats
+    from samsearch.reports.stats import collect_stats
 
-    home = open_home_from(ctx)
-    try:
+    with cli_home(ctx) as home:
         data = collect_stats(home)
-    finally:
-        home.close()
     if as_json:
         echo_json(data)
         return

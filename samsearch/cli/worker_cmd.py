@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from samsearch.cli.app import EXIT_PARTIAL, app, echo_json, handle_errors, open_home_from
+from samsearch.cli.app import EXIT_PARTIAL, app, cli_home, echo_json, handle_errors
 
 
 @app.command("worker")
@@ -36,13 +36,12 @@ def worker(
     at a time. The model and settings come from each image's ingest run. SIGINT/SIGTERM finish the
     image in hand and give the rest back to the queue. Exit code 3 when some images failed.
     """
-    from samsearch.worker import Worker, WorkerOptions
+    from samsearch.jobs.worker import Worker, WorkerOptions
 
     options = WorkerOptions(batch=batch, concurrency=concurrency, lease_seconds=lease, max_attempts=max_attempts,
                             drain=drain, poll_seconds=poll, max_images=max_images, device=device,
                             checkpoint=checkpoint)
-    home = open_home_from(ctx)
-    try:
+    with cli_home(ctx) as home:
         w = Worker(home, options, progress=not quiet)
 
         def graceful(signum, _frame):  # first signal: stop cleanly; a second one acts as usual
@@ -52,8 +51,6 @@ def worker(
         signal.signal(signal.SIGTERM, graceful)
         signal.signal(signal.SIGINT, graceful)
         summary = w.run()
-    finally:
-        home.close()
     if as_json:
         echo_json(summary.as_dict())
     else:

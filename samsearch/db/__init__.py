@@ -1,4 +1,6 @@
-"""Metadata store: SQLAlchemy 2.0 typed ORM (``schema``), engine/session and migrations (``engine``)."""
+"""Metadata store: SQLAlchemy 2.0 typed ORM (``schema``), engine/session and migrations (``engine``), the
+runs table through one path (``runs.recorded_run``) and bulk-write helpers (``bulk``). May import
+``samsearch.errors`` and ``samsearch.identity`` only."""
 
 from samsearch.db.engine import Database, default_sqlite_url, open_database
 from samsearch.db.schema import (

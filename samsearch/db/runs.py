@@ -1,14 +1,51 @@
-"""Bookkeeping of batch jobs in the ``runs`` table: a row opened when a job starts (kind and settings),
-closed when it ends (status, counts, finish time). Ingest, bank builds, labeling and clustering share it."""
+"""Bookkeeping of batch jobs in the ``runs`` table, through one path: :func:`recorded_run`.
+
+A row is opened when a job starts (kind and settings) and closed when it ends (status, counts, finish
+time). The status comes from how the job's block ended, the same for every job:
+
+* ``done``: the block returned;
+* ``failed``: it raised an exception (bad input, a store error, a bug);
+* ``interrupted``: Ctrl-C, ``SystemExit`` or anything else that is not an ``Exception``.
+
+A process killed outright leaves its run ``running``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from samsearch.db.engine import Database
 from samsearch.db.schema import Run, utcnow
 
 FAILURES_KEPT = 1000  # a run's counts keep at most this many failure records
+DONE, FAILED, INTERRUPTED = "done", "failed", "interrupted"
+
+
+@dataclass
+class RunRecord:
+    """The run being recorded: its id, and what gives its counts when it ends (set by the job)."""
+
+    id: int
+    counts: Callable[[], dict[str, Any]] = field(default=dict)
+
+
+@contextmanager
+def recorded_run(db: Database, kind: str, settings: dict[str, Any]) -> Iterator[RunRecord]:
+    """Open a ``kind`` run for the block; close it with the status of how the block ended and the counts
+    ``record.counts()`` returns then."""
+    record = RunRecord(start_run(db, kind, settings))
+    status = INTERRUPTED
+    try:
+        yield record
+        status = DONE
+    except Exception:
+        status = FAILED
+        raise
+    finally:
+        finish_run(db, record.id, status, record.counts())
 
 
 def start_run(db: Database, kind: str, settings: dict[str, Any]) -> int:

@@ -6,7 +6,7 @@ Used by ``tests/test_reliability.py`` (small runs, in every test run) and ``scri
 
 A :class:`Cluster` is one fresh Postgres schema plus one stand-in Qdrant server; workers reach both
 through ``SAMSEARCH_DATABASE_URL`` / ``SAMSEARCH_QDRANT_URL``, as in ``docker-compose.yml``. Images are
-synthetic (``samsearch.synthetic``) and ingested with ``--prompts masks``, so the expected segment ids
+synthetic (``samsearch.data.synthetic``) and ingested with ``--prompts masks``, so the expected segment ids
 of every image are known in advance; :func:`differences` lists everything in which a store differs
 from that expectation and from a reference snapshot (a clean run's).
 """
@@ -31,11 +31,12 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select
 
+from samsearch.data.synthetic import SyntheticImage
 from samsearch.db import Image, Ingestion, Segment
 from samsearch.home import SEGMENTS, Home
-from samsearch.ingest import IngestOptions, segment_id
-from samsearch.queue import enqueue, model_ref
-from samsearch.synthetic import SyntheticImage
+from samsearch.ingest.options import IngestOptions, segment_id
+from samsearch.jobs.work_queue import enqueue
+from samsearch.sam.models import model_ref
 from samsearch.testing.qdrant_standin import QdrantStandin
 
 PG_ADMIN = os.environ.get("SAMSEARCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")

@@ -1,4 +1,5 @@
-"""Vector stores: Qdrant Edge in-process (default) or a Qdrant server; both behind :class:`VectorStore`."""
+"""Vector stores: Qdrant Edge in-process (default) or a Qdrant server; both behind :class:`VectorStore`,
+with one contract suite (tests/vectors/test_contract.py). May import ``samsearch.errors`` only."""
 
 from __future__ import annotations
 

@@ -1,0 +1,40 @@
+"""Fault points for the crash and failure tests: the one parser of ``SAMSEARCH_FAULT``.
+
+``SAMSEARCH_FAULT=<point>:<n>`` ends the process (``os._exit(77)``: a real crash, no cleanup, no exception
+handlers) the n-th time :func:`fault_point` is reached with that name; ``<point>:<n>:raise`` raises the
+exception type the caller names there instead (e.g. a failing vector store), once, at the n-th time.
+Unset, a fault point costs one environment lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+CRASH_EXIT_CODE = 77
+_counts: dict[str, int] = {}
+_lock = threading.Lock()
+
+
+def fault_point(point: str, raises: type[Exception] | None = None) -> None:
+    spec = os.environ.get("SAMSEARCH_FAULT")
+    if not spec:
+        return
+    name, _, rest = spec.partition(":")
+    if name != point:
+        return
+    nth_text, _, mode = rest.partition(":")
+    nth = int(nth_text or 1)
+    with _lock:
+        count = _counts[point] = _counts.get(point, 0) + 1
+    if mode == "raise" and raises is not None:
+        if count == nth:
+            raise raises(f"injected fault at {point} #{count} (SAMSEARCH_FAULT)")
+    elif count >= nth:
+        os._exit(CRASH_EXIT_CODE)
+
+
+def reset() -> None:
+    """Forget how often each point was reached (tests that set SAMSEARCH_FAULT in-process)."""
+    with _lock:
+        _counts.clear()

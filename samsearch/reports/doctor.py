@@ -1,0 +1,204 @@
+"""``samsearch doctor``: check that SQL and the vector store agree, and repair what can be repaired
+without losing data.
+
+Checks (each streamed in batches, so it scales with the store, not with memory):
+
+* **missing vectors**: segment rows whose id has no point in the vector store (paged over SQL by id,
+  looked up with one ``retrieve`` per page). Repair: the image is queued again with the settings of
+  the run that stored it (its ingestion marker is removed, its segment rows stay, so labels and
+  clusters survive: the redo updates the rows in place and copies their labels into the payloads).
+* **orphan vectors**: points whose id has no segment row (one ``scroll`` over the collection, two SQL
+  lookups per page: the images' status first, then the segment ids, so an image committed in between
+  is seen as in flight, never as orphaned). Points of an image being processed now (``running``) are
+  in flight: counted, not touched. The rest (leftovers of an interrupted attempt, points of deleted
+  segments or images) are deleted on repair; a queued image's redo writes its points again.
+* **expired leases**: images ``running`` under a lease that ran out (a dead worker). Repair: back to
+  ``pending``. Images ``running`` without a lease come from a plain ``ingest`` that is running or was
+  interrupted: they are reported (re-run that ingest), not changed.
+* **model mismatch**: segment rows, queued runs or the vector collection that disagree with the home's
+  embedding space. Not repairable automatically (it needs a decision: another home, or a re-ingest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+
+from samsearch.db import Image, ImageStatus, Ingestion, Run, Segment
+from samsearch.home import SEGMENTS, Home
+from samsearch.jobs.work_queue import release_expired
+from samsearch.vectors import VectorStoreError
+
+PAGE = 1000
+
+
+@dataclass
+class DoctorReport:
+    database: str
+    vector_store: str
+    segments: int = 0
+    vectors: int = 0
+    missing_vectors: int = 0  # segment rows without a vector
+    images_missing_vectors: int = 0
+    orphan_vectors: int = 0  # vectors without a segment row, of images not being processed
+    in_flight_vectors: int = 0  # vectors of images being processed now (their rows come with the commit)
+    expired_leases: int = 0
+    running_without_lease: int = 0
+    model_problems: list[str] = field(default_factory=list)
+    repaired: dict[str, int] = field(default_factory=dict)
+    not_repaired: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> int:
+        return self.missing_vectors + self.orphan_vectors + self.expired_leases + len(self.model_problems)
+
+    @property
+    def healthy_after_repair(self) -> bool:
+        """Everything found was repaired (or nothing was found)."""
+        if self.problems == 0:
+            return True
+        if not self.repaired:
+            return False
+        fixed = (self.repaired.get("images_requeued", 0) >= self.images_missing_vectors
+                 and self.repaired.get("orphan_vectors_deleted", 0) >= self.orphan_vectors
+                 and self.repaired.get("leases_released", 0) >= self.expired_leases)
+        return fixed and not self.model_problems and not self.not_repaired
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["problems"] = self.problems
+        d["healthy"] = self.healthy_after_repair
+        return d
+
+
+def diagnose(home: Home, repair: bool = False, progress: bool = False) -> DoctorReport:
+    """Compare SQL and the vector store of ``home``; with ``repair``, fix what can be fixed safely."""
+    from tqdm import tqdm
+
+    report = DoctorReport(home.db.safe_url, home.qdrant_url or "qdrant-edge")
+    _check_model(home, report)
+    _check_leases(home, report, repair)
+    has_vectors = home.vectors.has_collection(SEGMENTS)
+    with home.db.session() as s:
+        report.segments = int(s.scalar(select(func.count()).select_from(Segment)) or 0)
+    report.vectors = home.vectors.count(SEGMENTS) if has_vectors else 0
+    bar = tqdm(total=report.segments + report.vectors, desc="doctor", unit="id", disable=not progress)
+    try:
+        _check_missing(home, report, repair, has_vectors, bar)
+        if has_vectors:
+            _check_orphans(home, report, repair, bar)
+    finally:
+        bar.close()
+    return report
+
+
+def _check_model(home: Home, report: DoctorReport) -> None:
+    space = home.embedding_space()
+    with home.db.session() as s:
+        keys = dict(s.execute(select(Segment.model_key, func.count()).group_by(Segment.model_key)).all())
+        queued_runs = set(s.scalars(select(Image.run_id).where(
+            Image.status.in_([ImageStatus.pending.value, ImageStatus.running.value])).distinct()))
+        run_keys = dict(s.execute(select(Run.id, Run.settings).where(Run.id.in_(queued_runs))).all())
+    if space is None:
+        if keys:
+            report.model_problems.append(f"{sum(keys.values())} segments but no embedding space is recorded")
+        return
+    expected = space.model_key
+    for key, n in sorted(keys.items()):
+        if key != expected:
+            report.model_problems.append(f"{n} segments were made by {key}, not by the home's {expected}")
+    for run_id, settings in sorted(run_keys.items()):
+        key = (settings or {}).get("model_key")
+        if key is not None and key != expected:
+            report.model_problems.append(f"queued run {run_id} uses {key}, not the home's {expected}")
+    try:
+        if home.vectors.has_collection(SEGMENTS):
+            home.vectors.ensure_collection(SEGMENTS, space.dim)
+    except VectorStoreError as exc:
+        report.model_problems.append(str(exc))
+
+
+def _check_leases(home: Home, report: DoctorReport, repair: bool) -> None:
+    from samsearch.jobs.work_queue import queue_status
+
+    status = queue_status(home)
+    report.expired_leases = status["expired_leases"]
+    report.running_without_lease = status["running_without_lease"]
+    if repair and report.expired_leases:
+        report.repaired["leases_released"] = release_expired(home)
+
+
+def _check_missing(home: Home, report: DoctorReport, repair: bool, has_vectors: bool, bar: Any) -> None:
+    affected: dict[tuple[int, str], int] = {}
+    last = ""
+    while True:
+        with home.db.session() as s:
+            page = s.execute(select(Segment.id, Segment.image_id, Segment.settings_hash)
+                             .where(Segment.id > last).order_by(Segment.id).limit(PAGE)).all()
+        if not page:
+            break
+        last = page[-1][0]
+        found = {r.id for r in home.vectors.retrieve(SEGMENTS, [p[0] for p in page])} if has_vectors else set()
+        for sid, image_id, settings_hash in page:
+            if sid not in found:
+                report.missing_vectors += 1
+                affected[(image_id, settings_hash)] = affected.get((image_id, settings_hash), 0) + 1
+        bar.update(len(page))
+    report.images_missing_vectors = len({image_id for image_id, _ in affected})
+    if repair and affected:
+        report.repaired["images_requeued"] = _requeue(home, affected, report)
+
+
+def _requeue(home: Home, affected: dict[tuple[int, str], int], report: DoctorReport) -> int:
+    """Queue each image again with the run that stored it; segment rows stay (labels survive)."""
+    requeued: set[int] = set()
+    with home.db.session() as s:
+        for (image_id, settings_hash), n in sorted(affected.items()):
+            if image_id in requeued:
+                continue  # one settings at a time; the next doctor run catches the other
+            img = s.get(Image, image_id, with_for_update=True)
+            if img is None or img.status == ImageStatus.running.value:
+                continue  # gone, or being processed right now
+            marker = s.execute(select(Ingestion).where(Ingestion.image_id == image_id,
+                                                       Ingestion.settings_hash == settings_hash)).scalar()
+            run_id = marker.run_id if marker is not None else img.run_id
+            settings = s.scalar(select(Run.settings).where(Run.id == run_id)) if run_id is not None else None
+            if not settings or settings.get("settings_hash") != settings_hash:
+                report.not_repaired.append(f"{img.path}: {n} segments have no vector and the settings that made "
+                                           "them are gone; ingest the file again")
+                continue
+            if marker is not None:
+                s.delete(marker)
+            img.status, img.run_id, img.attempts = ImageStatus.pending.value, run_id, 0
+            img.lease_owner = img.lease_expires_at = None
+            img.error = f"re-queued by samsearch doctor: {n} segments had no vector"
+            requeued.add(image_id)
+    return len(requeued)
+
+
+def _check_orphans(home: Home, report: DoctorReport, repair: bool, bar: Any) -> None:
+    deleted = 0
+    for batch in home.vectors.scroll(SEGMENTS, batch_size=PAGE):
+        image_ids = {int(r.payload["image_id"]) for r in batch if r.payload.get("image_id") is not None}
+        with home.db.session() as s:  # status first: a commit after this read shows up as known rows below
+            status = dict(s.execute(select(Image.id, Image.status).where(Image.id.in_(image_ids))).all())
+        with home.db.session() as s:
+            known = set(s.scalars(select(Segment.id).where(Segment.id.in_([r.id for r in batch]))))
+        doomed = []
+        for r in batch:
+            if r.id in known:
+                continue
+            if status.get(r.payload.get("image_id")) == ImageStatus.running.value:
+                report.in_flight_vectors += 1
+            else:
+                report.orphan_vectors += 1
+                doomed.append(r.id)
+        if doomed and repair:
+            home.vectors.delete(SEGMENTS, doomed)
+            deleted += len(doomed)
+        bar.update(len(batch))
+    if repair and report.orphan_vectors:
+        report.repaired["orphan_vectors_deleted"] = deleted
+

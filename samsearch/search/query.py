@@ -1,0 +1,383 @@
+"""Find stored segments like a query: a stored segment, a vector, an image + prompt, or a memory bank's
+centroids for one class. One library call per query kind; all return :class:`SearchResults`.
+
+```python
+from samsearch.home import Home
+from samsearch.search.query import SearchFilters, search_by_image, search_by_segment
+
+with Home("~/my-home") as home:
+    res = search_by_segment(home, "0b6f…", k=20, filters=SearchFilters(dataset="street"))
+    res = search_by_image(home, "query.jpg", box=(10, 20, 200, 180))
+    for hit in res:
+        print(hit.rank, hit.score, hit.image_path, hit.bbox_xywh, hit.label)
+        mask = hit.mask()  # H×W bool numpy array
+```
+
+Filters (:class:`SearchFilters`) become one vector-store filter on indexed payload fields, so they run
+inside Qdrant; metadata for the hits comes from SQL in one query for all of them. A stored-segment query
+never returns the query segment itself. A hit whose SQL row is missing (a vector written by an ingest
+that has not committed that image yet) is left out.
+
+JSON schema (``SearchResults.as_dict()``, what ``samsearch search --json`` prints), version
+``samsearch.search/v1``::
+
+    {
+      "schema": "samsearch.search/v1",
+      "query": {"kind": "segment" | "image" | "vector" | "label",
+                "segment_id": str | null,          # kind=segment
+                "image_path": str | null,          # kind=segment (its image) or image
+                "prompt": {"box": [x0, y0, x1, y1], "points": [[x, y], ...],
+                           "negative_points": [[x, y], ...], "mask": "file.png"} | null,  # kind=image
+                "predicted_iou": float | null,     # SAM's estimate for a prompted query mask
+                "mask": {"size": [h, w], "counts": str} | null,   # COCO RLE of the query segment
+                "label": str | null, "bank": str | null,          # kind=label
+                "vectors": int},                   # how many query vectors (centroids) were searched
+      "k": int, "min_score": float | null,
+      "filters": {"dataset": str | [str] | null, "label": str | null, "cluster": int | null,
+                  "image_id": int | null, "min_area": int | null, "max_area": int | null,
+                  "exclude_same_image": bool},
+      "hits": [{"rank": int (1-based), "score": float (cosine similarity),
+                "segment_id": str, "image_id": int, "image_path": str, "dataset": str,
+                "bbox_xywh": [x, y, w, h], "area": int, "source": "auto" | "box" | "mask",
+                "annotation_category": str | null, "label": str | null, "label_score": float | null,
+                "cluster": int | null, "mask": {"size": [h, w], "counts": str}}, ...],
+      "elapsed_ms": float
+    }
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from samsearch.bank.store import load_centroids
+from samsearch.errors import EmbeddingSpaceMismatch, InputError, NotFoundError
+from samsearch.home import SEGMENTS, Home
+from samsearch.identity import EmbeddingSpace
+from samsearch.sam.pooling import RECIPE
+from samsearch.search.segments import SegmentInfo, fetch_segments
+from samsearch.vectors import Filter, Hit, Match, Range
+
+SCHEMA = "samsearch.search/v1"
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    """Conditions every hit satisfies; all of them run inside the vector store on indexed payloads.
+
+    ``dataset`` may be one name or several (any of them); ``label``/``cluster`` match the payload that
+    labeling and clustering write; ``exclude_same_image`` drops segments of the query's own image
+    (by content hash, so it also works for an ``--image`` query whose file was ingested).
+    """
+
+    dataset: str | Sequence[str] | None = None
+    label: str | None = None
+    cluster: int | None = None
+    image_id: int | None = None
+    min_area: int | None = None
+    max_area: int | None = None
+    exclude_same_image: bool = False
+
+    def to_filter(self, query_image_hash: str | None = None) -> Filter | None:
+        if self.min_area is not None and self.max_area is not None and self.min_area > self.max_area:
+            raise InputError(f"--min-area {self.min_area} exceeds --max-area {self.max_area}")
+        must: list[Match | Range] = []
+        if self.dataset is not None:
+            names = [self.dataset] if isinstance(self.dataset, str) else list(self.dataset)
+            must.append(Match("dataset", names[0] if len(names) == 1 else names))
+        if self.label is not None:
+            must.append(Match("label", self.label))
+        if self.cluster is not None:
+            must.append(Match("cluster", int(self.cluster)))
+        if self.image_id is not None:
+            must.append(Match("image_id", int(self.image_id)))
+        if self.min_area is not None or self.max_area is not None:
+            must.append(Range("area", gte=self.min_area, lte=self.max_area))
+        must_not: list[Match] = []
+        if self.exclude_same_image:
+            if query_image_hash is None:
+                raise InputError("--exclude-same-image needs a --segment or --image query")
+            must_not.append(Match("image_hash", query_image_hash))
+        return Filter.of(*must, must_not=must_not)
+
+    def as_dict(self) -> dict[str, Any]:
+        dataset = self.dataset if self.dataset is None or isinstance(self.dataset, str) else list(self.dataset)
+        return {"dataset": dataset, "label": self.label, "cluster": self.cluster, "image_id": self.image_id,
+                "min_area": self.min_area, "max_area": self.max_area,
+                "exclude_same_image": self.exclude_same_image}
+
+
+@dataclass(frozen=True)
+class SearchHit(SegmentInfo):
+    """A stored segment (see :class:`samsearch.search.segments.SegmentInfo`, ``mask()`` included) with its
+    1-based ``rank`` and cosine ``score``."""
+
+    rank: int = 0
+    score: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank, "score": round(self.score, 6), "segment_id": self.segment_id,
+            "image_id": self.image_id, "image_path": self.image_path, "dataset": self.dataset,
+            "bbox_xywh": list(self.bbox_xywh), "area": self.area, "source": self.source,
+            "annotation_category": self.annotation_category, "label": self.label,
+            "label_score": self.label_score, "cluster": self.cluster, "mask": self.rle,
+        }
+
+
+@dataclass
+class QueryInfo:
+    """What was searched for. ``rle`` is the query segment's mask (segment and image queries)."""
+
+    kind: str  # segment | image | vector | label
+    vectors: np.ndarray = field(repr=False)  # (n, dim) query vectors
+    segment_id: str | None = None
+    image_path: str | None = None
+    image_hash: str | None = None
+    prompt: dict[str, Any] | None = None
+    predicted_iou: float | None = None
+    rle: dict[str, Any] | None = None
+    label: str | None = None
+    bank: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "segment_id": self.segment_id, "image_path": self.image_path,
+                "prompt": self.prompt, "predicted_iou": self.predicted_iou, "mask": self.rle,
+                "label": self.label, "bank": self.bank, "vectors": int(len(self.vectors))}
+
+
+@dataclass
+class SearchResults:
+    """The ranked hits of one query (iterable, indexable, sized) and what produced them."""
+
+    query: QueryInfo
+    hits: list[SearchHit]
+    k: int
+    min_score: float | None
+    filters: SearchFilters
+    seconds: float
+
+    def __iter__(self) -> Iterator[SearchHit]:
+        return iter(self.hits)
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    def __getitem__(self, i: int) -> SearchHit:
+        return self.hits[i]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "query": self.query.as_dict(), "k": self.k, "min_score": self.min_score,
+                "filters": self.filters.as_dict(), "hits": [h.as_dict() for h in self.hits],
+                "elapsed_ms": round(self.seconds * 1000, 3)}
+
+
+# -- shared machinery ------------------------------------------------------------------------------
+
+
+def _empty_corpus(home: Home) -> NotFoundError:
+    return NotFoundError(f"{home.root}: no segments stored yet (run `samsearch ingest` first)")
+
+
+_SPACES: weakref.WeakKeyDictionary[Home, EmbeddingSpace] = weakref.WeakKeyDictionary()
+
+
+def _space(home: Home) -> EmbeddingSpace | None:
+    """The home's embedding space, remembered per Home once set (a home never changes it)."""
+    space = _SPACES.get(home)
+    if space is None:
+        space = home.embedding_space()
+        if space is not None:
+            _SPACES[home] = space
+    return space
+
+
+def _require_corpus(home: Home) -> None:
+    if not home.vectors.has_collection(SEGMENTS):
+        raise _empty_corpus(home)
+
+
+def _check_k(k: int, min_score: float | None) -> None:
+    if int(k) < 1:
+        raise InputError(f"-k must be at least 1, got {k}")
+    if min_score is not None and not -1.0 <= float(min_score) <= 1.0:
+        raise InputError(f"--min-score must lie in [-1, 1] (cosine similarity), got {min_score}")
+
+
+def _merge(lists: list[list[Hit]], min_score: float | None) -> list[Hit]:
+    """One list per query vector → each point once with its best score, best first."""
+    best: dict[str, Hit] = {}
+    for hits in lists:
+        for h in hits:
+            if (min_score is None or h.score >= min_score) and (h.id not in best or h.score > best[h.id].score):
+                best[h.id] = h
+    return sorted(best.values(), key=lambda h: -h.score)
+
+
+def _run(home: Home, query: QueryInfo, k: int, filters: SearchFilters | None, min_score: float | None,
+         started: float) -> SearchResults:
+    filters = filters or SearchFilters()
+    _check_k(k, min_score)
+    flt = filters.to_filter(query.image_hash)
+    own = query.segment_id if query.kind == "segment" else None
+    limit = int(k) + (own is not None)  # the query segment itself comes back first: ask for one more
+    if len(query.vectors) == 1:
+        found = home.vectors.search(SEGMENTS, query.vectors[0], k=limit, flt=flt, min_score=min_score)
+    else:
+        found = _merge(home.vectors.search_batch(SEGMENTS, query.vectors, k=limit, flt=flt), min_score)
+    found = [h for h in found if h.id != own][: int(k)]
+    if not found and home.vectors.count(SEGMENTS) == 0:
+        raise _empty_corpus(home)
+    # One SQL query for every hit (and the query segment's own row, for its picture).
+    meta = fetch_segments(home, [h.id for h in found] + ([own] if own else []))
+    if own and own in meta:
+        query.image_path, query.rle = meta[own].image_path, meta[own].rle
+    kept = [(h, meta[h.id]) for h in found if h.id in meta]
+    hits = [SearchHit(**info.__dict__, rank=i + 1, score=h.score) for i, (h, info) in enumerate(kept)]
+    return SearchResults(query, hits, int(k), min_score, filters, time.perf_counter() - started)
+
+
+# -- the queries -----------------------------------------------------------------------------------
+
+
+def search_by_vector(home: Home, vector: np.ndarray | Sequence[float], k: int = 10,
+                     filters: SearchFilters | None = None, min_score: float | None = None) -> SearchResults:
+    """Segments most similar to ``vector`` (normalised here; must have the home's dimension)."""
+    started = time.perf_counter()
+    _require_corpus(home)
+    space = _space(home)
+    x = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+    if space is not None and x.shape[1] != space.dim:
+        raise InputError(f"the query vector has {x.shape[1]} dimensions; this home's vectors have {space.dim}")
+    if not np.isfinite(x).all() or not np.abs(x).sum():
+        raise InputError("the query vector must be finite and non-zero")
+    return _run(home, QueryInfo("vector", x), k, filters, min_score, started)
+
+
+def search_by_segment(home: Home, segment_id: str, k: int = 10, filters: SearchFilters | None = None,
+                      min_score: float | None = None) -> SearchResults:
+    """Segments most similar to a stored segment (the segment itself is not among the hits)."""
+    started = time.perf_counter()
+    _require_corpus(home)
+    found = home.vectors.retrieve(SEGMENTS, [segment_id], with_vectors=True) if _is_uuid(segment_id) else []
+    if not found:
+        if home.vectors.count(SEGMENTS) == 0:
+            raise _empty_corpus(home)
+        raise NotFoundError(f"no segment {segment_id!r} in {home.root}")
+    rec = found[0]
+    query = QueryInfo("segment", rec.vector[None, :], segment_id=rec.id,
+                      image_hash=rec.payload.get("image_hash"))
+    return _run(home, query, k, filters, min_score, started)
+
+
+def _is_uuid(text: str) -> bool:
+    import uuid
+
+    try:
+        uuid.UUID(str(text))
+    except ValueError:
+        return False
+    return True
+
+
+def model_for_home(home: Home, model: Any = None, checkpoint: Path | str | None = None,
+                   device: str | None = None) -> Any:
+    """The SAM model that produced the home's vectors: ``model`` if given (checked), else loaded from
+    the cache or ``checkpoint``. Never downloads; a missing checkpoint or another model is an error."""
+    from samsearch.sam.models import ModelError, get_spec, load_model, resolve_checkpoint
+
+    space = home.embedding_space()
+    if space is None:
+        raise _empty_corpus(home)
+    if model is None:
+        if space.model != "tiny-random":
+            try:
+                spec = get_spec(space.model)
+                if checkpoint is None and spec.sha256 != space.checkpoint_sha256:
+                    raise ModelError(f"they come from a custom {space.model} checkpoint; pass --checkpoint FILE")
+                checkpoint, _ = resolve_checkpoint(space.model, Path(checkpoint) if checkpoint else None,
+                                                   download=False)
+            except ModelError as exc:
+                raise ModelError(f"{home.root} holds vectors from {space.describe()}; to embed the query: {exc} "
+                                 f"(pass --checkpoint FILE, or run `samsearch ingest --model {space.model}` "
+                                 "once to download it)") from None
+        model = load_model(space.model, checkpoint=checkpoint, device=device, progress=False)
+    _check_space(home, space, model)
+    return model
+
+
+def _check_space(home: Home, space: EmbeddingSpace, model: Any) -> None:
+    if (model.name, model.checkpoint_sha256, RECIPE) != (space.model, space.checkpoint_sha256, space.recipe):
+        weights = model.checkpoint_sha256
+        if weights[:12] != space.checkpoint_sha256[:12]:
+            weights = weights[:12]  # the short form the home's description uses, when it tells them apart
+        raise EmbeddingSpaceMismatch(
+            f"{home.root} holds vectors from {space.describe()}; the query would be embedded by "
+            f"{model.name} (weights {weights}, {RECIPE}); a query must use the model that produced the "
+            "corpus (same --model/--checkpoint as ingest)"
+        )
+
+
+def search_by_image(
+    home: Home,
+    image: Path | str,
+    *,
+    box: Sequence[float] | None = None,
+    points: Sequence[Sequence[float]] = (),
+    negative_points: Sequence[Sequence[float]] = (),
+    mask: np.ndarray | Path | str | None = None,
+    model: Any = None,
+    k: int = 10,
+    filters: SearchFilters | None = None,
+    min_score: float | None = None,
+    checkpoint: Path | str | None = None,
+    device: str | None = None,
+) -> SearchResults:
+    """Segments like the one marked on ``image`` (which need not be in the corpus) by a box
+    ``(x0, y0, x1, y1)``, points (foreground; ``negative_points`` background), or a mask (H×W array or a
+    mask image file). SAM runs with the home's own model (see :func:`model_for_home`), and the segment
+    is embedded exactly as ingest embeds one."""
+    from samsearch.data.imageio import ImageLoadError, load_image
+    from samsearch.data.masks import mask_to_rle
+    from samsearch.search.prompt import Prompt, check_prompt, embed_prompted_segment, load_mask_file
+
+    started = time.perf_counter()
+    _require_corpus(home)
+    _check_k(k, min_score)
+    if box is not None:
+        box = tuple(float(v) for v in box)
+        if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1]:
+            raise InputError(f"box must be (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {box}")
+    prompt = Prompt(box=box, points=[(float(x), float(y)) for x, y in points],  # type: ignore[arg-type]
+                    negative_points=[(float(x), float(y)) for x, y in negative_points])
+    if isinstance(mask, (str, Path)):
+        prompt.mask, prompt.mask_path = load_mask_file(mask), str(mask)
+    elif mask is not None:
+        prompt.mask = np.asarray(mask, dtype=bool)
+    try:
+        loaded = load_image(image)
+    except ImageLoadError as exc:
+        raise InputError(str(exc)) from None
+    check_prompt(prompt, loaded.width, loaded.height, str(image))
+    (filters or SearchFilters()).to_filter(loaded.content_hash)  # bad filters fail before SAM runs
+    model = model_for_home(home, model, checkpoint, device)
+    emb = embed_prompted_segment(model, loaded.rgb, prompt)
+    query = QueryInfo("image", emb.vector[None, :], image_path=str(image), image_hash=loaded.content_hash,
+                      prompt=prompt.describe(), predicted_iou=emb.predicted_iou, rle=mask_to_rle(emb.mask))
+    return _run(home, query, k, filters, min_score, started)
+
+
+def search_by_label(home: Home, label: str, bank: str, k: int = 10, filters: SearchFilters | None = None,
+                    min_score: float | None = None) -> SearchResults:
+    """"Find every <label>": each of the bank's centroids for ``label`` is a query; the hits are merged,
+    each segment once with its best score."""
+    started = time.perf_counter()
+    _require_corpus(home)
+    vectors = load_centroids(home, bank, label).vectors
+    return _run(home, QueryInfo("label", vectors, label=label, bank=bank), k, filters, min_score, started)

@@ -1,0 +1,112 @@
+"""Queue workers: end to end on the embedded stores (SQLite + Qdrant Edge) through the CLI, with an
+injected vector-store failure; and the lease fences that keep a worker whose lease moved on from
+writing or marking anything."""
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, update
+from typer.testing import CliRunner
+
+from samsearch import faults
+from samsearch.cli import app
+from samsearch.db import Image, Ingestion, Run, Segment
+from samsearch.home import SEGMENTS, Home
+from samsearch.ingest.containers import ClaimedImage, IngestSummary, LeaseLost
+from samsearch.ingest.ingestor import Ingestor
+from samsearch.jobs.work_queue import claim, enqueue, options_from_settings
+from samsearch.jobs.worker import STAGES
+from samsearch.sam.models import model_ref
+from samsearch.testing.reliability import expected_ids, ingest_options
+
+runner = CliRunner()
+
+
+def test_enqueue_then_workers_with_an_injected_store_failure(tmp_path, shapes, monkeypatch):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    images = shapes.images[:3]
+    for im in images:
+        (folder / im.path.name).write_bytes(im.path.read_bytes())
+    home = ["--home", str(tmp_path / "h")]
+    result = runner.invoke(app, [*home, "ingest", str(folder), "--enqueue", "--model", "tiny-random", "--prompts",
+                                 "masks", "--annotations", str(shapes.annotations_path), "--dataset", "reliability",
+                                 "--quiet"])
+    assert result.exit_code == 0, result.output
+
+    faults.reset()
+    monkeypatch.setenv("SAMSEARCH_FAULT", "vector_upsert:2:raise")  # the 2nd image's upsert fails
+    worker = [*home, "worker", "--drain", "--batch", "3", "--poll", "0.1", "--device", "cpu", "--quiet"]
+    result = runner.invoke(app, worker)
+    assert result.exit_code == 1
+    assert result.stderr == "Error: injected fault at vector_upsert #2 (SAMSEARCH_FAULT)\n"
+    result = runner.invoke(app, [*home, "queue", "status"])
+    assert result.stdout == "pending 2, running 0, done 1, failed 0\n"  # the rest of the batch went back
+
+    monkeypatch.delenv("SAMSEARCH_FAULT")
+    result = runner.invoke(app, [*worker, "--json", "--batch", "1", "--concurrency", "2"])  # two claim loops
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["images_ingested"], summary["images_failed"], summary["stopped_by"]) == (2, 0, "drained")
+
+    settings_hash = ingest_options(shapes.annotations_path).settings_hash(model_ref("tiny-random"))
+    expected = expected_ids([*images], settings_hash)
+    with Home(tmp_path / "h") as h:
+        with h.db.session() as s:
+            rows = {i.content_hash: (i.status, i.error) for i in s.scalars(select(Image))}
+        vector_ids = {r.id for b in h.vectors.scroll(SEGMENTS) for r in b}
+    assert rows == {k: ("done", None) for k in expected}
+    assert vector_ids == set().union(*expected.values())
+    result = runner.invoke(app, [*home, "doctor", "--quiet"])
+    assert result.exit_code == 0 and "missing vectors:   0 segments (0 images)" in result.stdout
+
+
+@pytest.mark.parametrize("home", ["postgres+server"], indirect=True)
+def test_a_worker_whose_lease_moved_on_never_marks_the_image(home, tiny_model, shapes, monkeypatch):
+    """The two lease fences of a claimed image: before the vector write, and in the commit that marks
+    it done (the image row is locked and its owner checked)."""
+    im = shapes.images[0]
+    enqueue(home, [im.path], "tiny-random", ingest_options(shapes.annotations_path))
+    (a,) = claim(home, "A", 1, lease_seconds=0.2)
+    time.sleep(0.3)
+    (b,) = claim(home, "B", 1, lease_seconds=60)  # A's lease expired: B takes the image over
+    assert (b.image_id, b.attempts) == (a.image_id, 2)
+    with home.db.session() as s:
+        settings = s.get(Run, a.run_id).settings
+    ing = Ingestor(home, tiny_model, options_from_settings(settings))
+    data = Path(a.path).read_bytes()
+    late = ClaimedImage(a.image_id, Path(a.path), a.content_hash, data, a.run_id, cleanup=True, lease_owner="A")
+    timings = dict.fromkeys(STAGES, 0.0)
+    with pytest.raises(LeaseLost, match=r"the lease of A expired and moved on \(now running, held by B\)"):
+        ing.process_claimed(late, IngestSummary(0), timings)
+    assert home.vectors.count(SEGMENTS) == 0  # the first fence: nothing written
+
+    # B's lease moves on (to C) after B wrote its vectors: B's commit is refused, nothing is marked.
+    original = ing._delete_stale_vectors  # runs right after the upsert of a redone image
+
+    def write_then_lose_the_lease(*args):
+        original(*args)
+        with home.db.session() as s:
+            s.execute(update(Image).where(Image.id == b.image_id).values(lease_owner="C"))
+
+    monkeypatch.setattr(ing, "_delete_stale_vectors", write_then_lose_the_lease)
+    with pytest.raises(LeaseLost, match=r"held by C"):
+        ing.process_claimed(replace(late, lease_owner="B"), IngestSummary(0), timings)
+    with home.db.session() as s:
+        img = s.get(Image, b.image_id)
+        assert (img.status, img.lease_owner) == ("running", "C")
+        assert s.scalar(select(func.count()).select_from(Segment)) == 0
+        assert s.scalar(select(func.count()).select_from(Ingestion)) == 0
+    monkeypatch.undo()
+
+    # C, the holder, stores it; the points B left are the same ids, overwritten, none extra.
+    summary = IngestSummary(0)
+    assert ing.process_claimed(replace(late, lease_owner="C"), summary, timings)
+    expected = expected_ids([im], settings["settings_hash"])[a.content_hash]
+    assert {r.id for bt in home.vectors.scroll(SEGMENTS) for r in bt} == expected
+    with home.db.session() as s:
+        assert set(s.scalars(select(Segment.id))) == expected
+        assert s.get(Image, b.image_id).status == "done"
