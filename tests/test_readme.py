@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from conftest import repo_root
 
 SUBSTITUTIONS = {'"vit_b"': '"tiny-random"'}
