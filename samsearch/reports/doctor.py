@@ -33,6 +33,7 @@ from samsearch.db import Image, ImageStatus, Ingestion, Run, Segment
 from samsearch.home import SEGMENTS, Home
 from samsearch.jobs.work_queue import release_expired
 from samsearch.vectors import VectorStoreError
+from samsearch.vectors.server import safe_url
 
 PAGE = 1000
 # Above either bound, orphan vectors look less like leftovers and more like a SQL side that is not this
@@ -91,7 +92,7 @@ def diagnose(home: Home, repair: bool = False, progress: bool = False,
     """
     from tqdm import tqdm
 
-    report = DoctorReport(home.db.safe_url, home.qdrant_url or "qdrant-edge")
+    report = DoctorReport(home.db.safe_url, safe_url(home.qdrant_url) if home.qdrant_url else "qdrant-edge")
     _check_model(home, report)
     _check_leases(home, report, repair)
     has_vectors = home.vectors.has_collection(SEGMENTS)
