@@ -85,14 +85,14 @@ def test_a_worker_whose_lease_moved_on_never_marks_the_image(home, tiny_model, s
     assert home.vectors.count(SEGMENTS) == 0  # the first fence: nothing written
 
     # B's lease moves on (to C) after B wrote its vectors: B's commit is refused, nothing is marked.
-    original = ing._delete_stale_vectors  # runs right after the upsert of a redone image
+    original = ing.writer._delete_stale_vectors  # runs right after the upsert of a redone image
 
     def write_then_lose_the_lease(*args):
         original(*args)
         with home.db.session() as s:
             s.execute(update(Image).where(Image.id == b.image_id).values(lease_owner="C"))
 
-    monkeypatch.setattr(ing, "_delete_stale_vectors", write_then_lose_the_lease)
+    monkeypatch.setattr(ing.writer, "_delete_stale_vectors", write_then_lose_the_lease)
     with pytest.raises(LeaseLost, match=r"held by C"):
         ing.process_claimed(replace(late, lease_owner="B"), IngestSummary(0), timings)
     with home.db.session() as s:
