@@ -309,3 +309,32 @@ def test_cli_refuses_a_public_host_without_token(tmp_path):
     r = CliRunner().invoke(cli_app, ["--home", str(tmp_path / "h"), "serve", "--host", "0.0.0.0"])
     assert r.exit_code == 1 and "--token" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "h").exists()  # refused before the home was opened
+
+
+def test_cli_serves_a_home_until_stopped(tmp_path):
+    """The real command in a subprocess: it answers, with the token it was given, and stops on SIGINT."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "samsearch", "--home", str(tmp_path / "h"), "serve",
+                             "--port", str(port), "--token", TOKEN, "--read-only"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/stats", headers={"Authorization": f"Bearer {TOKEN}"})
+                break
+            except httpx.ConnectError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
+                time.sleep(0.2)
+        assert r.status_code == 200 and r.json()["segments"] == 0
+        assert httpx.get(f"http://127.0.0.1:{port}/api/stats").status_code == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err
