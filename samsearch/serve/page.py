@@ -73,7 +73,7 @@ function tile(seg, caption, onclick) {
   return d;
 }
 function describe(s) { return (s.label || s.annotation_category || "unlabeled") + " \\u00b7 " + s.dataset; }
-async function loadGrid() {
+async function loadGrid(done) {
   const q = new URLSearchParams({limit: PAGE_SIZE, offset: offset});
   for (const f of ["dataset", "label", "cluster"]) { const v = $("f-" + f).value.trim(); if (v) q.set(f, v); }
   status("loading\\u2026");
@@ -91,7 +91,7 @@ async function loadGrid() {
     }
     $("pageno").textContent = "segments " + (offset + 1) + "\\u2013" + (offset + data.segments.length);
     $("next").disabled = data.segments.length < PAGE_SIZE; $("prev").disabled = offset === 0;
-    status(data.segments.length ? "" : "no segments match");
+    status(data.segments.length ? (done || "") : "no segments match");
   } catch (e) { status(e.message, true); }
 }
 function toggle(t, id) {
@@ -121,7 +121,7 @@ async function assign() {
   if (!label || !selected.size) { status("select segments (checkbox) and type a label", true); return; }
   try {
     const r = await api("/api/labels", {segment_ids: [...selected], label: label});
-    status("labeled " + r.labeled + " segment(s) " + JSON.stringify(label)); selected.clear(); loadGrid();
+    selected.clear(); loadGrid("labeled " + r.labeled + " segment(s) " + JSON.stringify(label));
   } catch (e) { status(e.message, true); }
 }
 async function showClusters() {

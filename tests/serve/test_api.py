@@ -4,8 +4,6 @@ labels, wrong or missing token, writes in read-only mode, errors as JSON without
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 import uuid
 from collections import Counter
@@ -13,35 +11,22 @@ from collections import Counter
 import httpx
 import psycopg
 import pytest
-import uvicorn
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from samsearch.cli import app as cli_app
-from samsearch.cluster.job import ClusterOptions, run_clustering
 from samsearch.db import Segment
 from samsearch.home import Home
-from samsearch.ingest.ingestor import ingest
-from samsearch.ingest.options import IngestOptions
 from samsearch.search.query import search_by_segment
-from samsearch.serve import create_app
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-N_IMAGES = 6
+N_IMAGES = 6  # as the conftest's corpus
 TOKEN = "s3cret-token"
 EVIL = '<script>alert("x")</script>&<img src=x onerror=alert(1)>'
 
 
-def _build(home: Home, model, shapes) -> None:
-    files = [im.path for im in shapes.images[:N_IMAGES]]
-    opts = dict(prompts="masks", annotations=shapes.annotations_path)
-    ingest(home, files[:4], model, IngestOptions(dataset="a", **opts), progress=False)
-    ingest(home, files[4:], model, IngestOptions(dataset="b", **opts), progress=False)
-    run_clustering(home, ClusterOptions(algorithm="kmeans", n_clusters=3, name="k3"), progress=False)
-
-
 @pytest.fixture(scope="module", params=["sqlite+edge", "postgres+server"])
-def home(request, tmp_path_factory, tiny_model, shapes):
+def home(request, tmp_path_factory, build_corpus):
     root = tmp_path_factory.mktemp("serve") / "home"
     if request.param == "sqlite+edge":
         h = Home(root)
@@ -53,7 +38,7 @@ def home(request, tmp_path_factory, tiny_model, shapes):
         url = f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
         h = Home(root, database_url=url, qdrant_url=":memory:")
     try:
-        _build(h, tiny_model, shapes)
+        build_corpus(h)
         yield h
     finally:
         h.close()
@@ -62,59 +47,19 @@ def home(request, tmp_path_factory, tiny_model, shapes):
                 conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Served:
-    """A uvicorn server in a thread, and an httpx client for it."""
-
-    def __init__(self, home: Home, **kwargs):
-        self.port = _free_port()
-        config = uvicorn.Config(create_app(home, **kwargs), host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.client = httpx.Client(base_url=self.url, timeout=30)
-
-    def close(self) -> None:
-        self.client.close()
-        self.server.should_exit = True
-        self.thread.join(10)
+@pytest.fixture(scope="module")
+def api(home, serve):
+    return serve(home).client
 
 
 @pytest.fixture(scope="module")
-def served(home):
-    s = Served(home)
-    yield s
-    s.close()
+def read_only(home, serve):
+    return serve(home, read_only=True).client
 
 
 @pytest.fixture(scope="module")
-def api(served):
-    return served.client
-
-
-@pytest.fixture(scope="module")
-def read_only(home):
-    s = Served(home, read_only=True)
-    yield s.client
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def with_token(home):
-    s = Served(home, token=TOKEN)
-    yield s.client
-    s.close()
+def with_token(home, serve):
+    return serve(home, token=TOKEN).client
 
 
 def _all_ids(home: Home) -> list[str]:
@@ -311,14 +256,14 @@ def test_cli_refuses_a_public_host_without_token(tmp_path):
     assert not (tmp_path / "h").exists()  # refused before the home was opened
 
 
-def test_cli_serves_a_home_until_stopped(tmp_path):
+def test_cli_serves_a_home_until_stopped(tmp_path, free_port):
     """The real command in a subprocess: it answers, with the token it was given, and stops on SIGINT."""
     import os
     import signal
     import subprocess
     import sys
 
-    port = _free_port()
+    port = free_port
     proc = subprocess.Popen([sys.executable, "-m", "samsearch", "--home", str(tmp_path / "h"), "serve",
                              "--port", str(port), "--token", TOKEN, "--read-only"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
