@@ -39,7 +39,7 @@ from samsearch.errors import EmbeddingSpaceMismatch, InputError, NotFoundError, 
 from samsearch.home import Home
 from samsearch.reports.clusters import cluster_report, list_runs
 from samsearch.reports.gallery import render_crop
-from samsearch.reports.stats import collect_stats
+from samsearch.reports.stats import collect_stats, label_counts
 from samsearch.search.query import SearchFilters, search_by_segment
 from samsearch.search.segments import SegmentInfo, get_segment, list_segments
 from samsearch.serve.page import PAGE
@@ -267,6 +267,9 @@ def create_app(home: Home, read_only: bool = False, token: str | None = None) ->
         n = await call(set_manual_labels, home, ids, label)
         return {"schema": API_SCHEMA, "label": label, "requested": len(set(ids)), "labeled": n}
 
+    async def facets(request: Request) -> Any:
+        return {"schema": API_SCHEMA, "labels": await call(label_counts, home)}
+
     async def clusters(request: Request) -> Any:
         return {"schema": API_SCHEMA, "runs": await call(list_runs, home)}
 
@@ -301,6 +304,7 @@ def create_app(home: Home, read_only: bool = False, token: str | None = None) ->
         Route("/api/segments/{id}/crop.png", json_route(crop), methods=["GET"]),
         Route("/api/search", json_route(search), methods=["POST"]),
         Route("/api/labels", json_route(labels), methods=["POST"]),
+        Route("/api/labels", json_route(facets), methods=["GET"]),
         Route("/api/clusters", json_route(clusters), methods=["GET"]),
         Route("/api/clusters/{run}", json_route(cluster_run), methods=["GET"]),
         Route("/api/clusters/{run}/{cluster:int}/name", json_route(name), methods=["POST"]),

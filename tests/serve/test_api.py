@@ -202,6 +202,9 @@ def test_labels_are_stored_and_script_labels_stay_data(api, home):
         assert set(s.execute(select(Segment.label_source).where(Segment.id.in_(ids))).scalars()) == {"manual"}
     assert {r.payload["label"] for r in home.vectors.retrieve("segments", ids)} == {EVIL}
     # The JSON carries the text as data; the page never puts data into HTML (only textContent).
+    facets = {f["label"]: f for f in api.get("/api/labels").json()["labels"]}
+    assert facets[EVIL]["count"] >= 2 and facets[EVIL]["by_source"]["manual"] >= 2
+    assert sum(f["count"] for f in facets.values()) == len(_all_ids(home))
     page_html = api.get("/").text
     assert "innerHTML" not in page_html and "outerHTML" not in page_html and EVIL not in page_html
     _error(api.post("/api/labels", json={"segment_ids": ids, "label": ""}), 400)
