@@ -23,6 +23,9 @@ section{flex:1;min-width:0}
 #status{color:#aaa} .err{color:#f77}
 h2{font-size:15px;margin:4px 0 8px}
 .cluster{margin-bottom:10px;border-top:1px solid #333;padding-top:6px}
+.tile.liked{border-color:#5c5} .tile.unliked{border-color:#c55}
+.tile .fb{position:absolute;top:4px;right:4px;display:flex;gap:2px}
+.tile .fb button{padding:0 5px;font-size:12px}
 </style></head><body>
 <header>
  <b>samsearch</b>
@@ -37,6 +40,8 @@ h2{font-size:15px;margin:4px 0 8px}
  <section><h2 id="grid-title">segments</h2><div id="grid" class="grid"></div></section>
  <section id="side"><h2 id="nb-title">click a segment to see its nearest neighbours</h2>
   <label><input type="checkbox" id="exclude-same"> other images only</label>
+  <span id="fb-bar"> | mark hits + (like) / &minus; (unlike), then <button id="refine">refine</button>
+   diversity <input id="diversity" type="number" min="0" max="1" step="0.1" value="0" size="3"></span>
   <div id="neighbours" class="grid"></div><div id="clusters"></div></section>
 </main>
 <script>
@@ -105,15 +110,43 @@ async function neighbours(t, s) {
   t.classList.add("active");
   $("clusters").replaceChildren();
   $("nb-title").textContent = "nearest neighbours of " + s.segment_id + " (" + describe(s) + ")";
-  const out = $("neighbours"); out.replaceChildren();
+  feedback = {pos: new Set([s.segment_id]), neg: new Set()};
   try {
-    const res = await api("/api/search", {segment_id: s.segment_id, k: 12,
-                                          filters: {exclude_same_image: $("exclude-same").checked}});
-    for (const h of res.hits) {
-      const n = tile(h, "#" + h.rank + " " + h.score.toFixed(3) + " " + describe(h), () => neighbours(n, h));
-      n.classList.add("hit"); n.dataset.score = h.score; out.appendChild(n);
+    showHits(await api("/api/search", {segment_id: s.segment_id, k: 12,
+                                       filters: {exclude_same_image: $("exclude-same").checked}}));
+  } catch (e) { status(e.message, true); }
+}
+let feedback = {pos: new Set(), neg: new Set()};
+function mark(n, id, like) {
+  const mine = like ? feedback.pos : feedback.neg, other = like ? feedback.neg : feedback.pos;
+  if (mine.has(id)) mine.delete(id); else { mine.add(id); other.delete(id); }
+  n.classList.toggle("liked", feedback.pos.has(id)); n.classList.toggle("unliked", feedback.neg.has(id));
+  status((feedback.pos.size - 1) + " liked, " + feedback.neg.size + " unliked: refine to search again");
+}
+function showHits(res) {
+  const out = $("neighbours"); out.replaceChildren();
+  for (const h of res.hits) {
+    const n = tile(h, "#" + h.rank + " " + h.score.toFixed(3) + " " + describe(h), () => neighbours(n, h));
+    n.classList.add("hit"); n.dataset.score = h.score;
+    const fb = document.createElement("div"); fb.className = "fb";
+    for (const [cls, text, like] of [["like", "+", true], ["unlike", "\u2212", false]]) {
+      const b = document.createElement("button"); b.className = cls; b.textContent = text;
+      b.addEventListener("click", (ev) => { ev.stopPropagation(); mark(n, h.segment_id, like); });
+      fb.appendChild(b);
     }
-    if (!res.hits.length) status("no neighbours match");
+    n.appendChild(fb); out.appendChild(n);
+  }
+  if (!res.hits.length) status("no neighbours match");
+}
+async function refine() {
+  if (!feedback.pos.size) { status("click a segment first", true); return; }
+  const diversity = Math.min(1, Math.max(0, parseFloat($("diversity").value) || 0));
+  try {
+    const res = await api("/api/search", {positive: [...feedback.pos], negative: [...feedback.neg], k: 12,
+      diversity: diversity, filters: {exclude_same_image: $("exclude-same").checked}});
+    $("nb-title").textContent = "refined: like " + feedback.pos.size + ", unlike " + feedback.neg.size
+      + (diversity ? ", diversity " + diversity : "");
+    showHits(res); status("refined (" + res.hits.length + " hits)");
   } catch (e) { status(e.message, true); }
 }
 async function assign() {
@@ -163,6 +196,7 @@ $("prev").addEventListener("click", () => { offset = Math.max(0, offset - PAGE_S
 $("assign").addEventListener("click", assign);
 $("clear-sel").addEventListener("click", () => { selected.clear(); loadGrid(); });
 $("show-clusters").addEventListener("click", showClusters);
+$("refine").addEventListener("click", refine);
 loadGrid();
 </script></body></html>
 """

@@ -14,6 +14,7 @@ import pytest
 
 from samsearch.cluster.naming import cluster_names
 from samsearch.home import Home
+from samsearch.search.query import search_by_examples
 from samsearch.search.segments import fetch_segments
 
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -85,6 +86,17 @@ def test_grid_neighbours_labels_and_cluster_names(site, browser, artifacts):
     assert scores == sorted(scores, reverse=True) and query not in {h.get_attribute("data-id") for h in hits}
     assert hits[0].text.startswith("#1 ")
     browser.save_screenshot(str(artifacts / "serve-neighbours.png"))
+
+    # relevance feedback: like one hit, unlike another, refine: the library's answer, examples left out
+    liked, unliked = hits[1].get_attribute("data-id"), hits[2].get_attribute("data-id")
+    hits[1].find_element(By.CSS_SELECTOR, "button.like").click()
+    hits[2].find_element(By.CSS_SELECTOR, "button.unlike").click()
+    assert "liked" in hits[1].get_attribute("class") and "unliked" in hits[2].get_attribute("class")
+    browser.find_element(By.ID, "refine").click()
+    _wait(browser, lambda d: "refined (" in _status(d))
+    refined = [h.get_attribute("data-id") for h in browser.find_elements(By.CSS_SELECTOR, "#neighbours .hit")]
+    assert refined == [h.segment_id for h in search_by_examples(home, [query, liked], [unliked], k=12)]
+    assert not {query, liked, unliked} & set(refined)
 
     # tick two, type a (script-laden) label, assign: stored as a manual label, shown as text
     picked = [t.get_attribute("data-id") for t in tiles[1:3]]
