@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from samsearch.bank.classify import set_manual_labels
+from samsearch.bank.classify import clear_manual_labels, set_manual_labels
 from samsearch.bank.store import list_banks
 from samsearch.cluster.naming import name_cluster
 from samsearch.data.imageio import ImageLoadError, LoadedImage, decode_image, load_image
@@ -383,11 +383,24 @@ def create_app(home: Home, read_only: bool = False, token: str | None = None, *,
         data = await _json_body(request)
         _check_keys(data, {"segment_ids", "label"}, "the labels request")
         ids = _ids(data.get("segment_ids"))
-        label = data.get("label")
+        if "label" not in data:
+            raise HttpError(400, "label (a string, or null to clear manual labels) is required")
+        label = data["label"]
+        if label is None:
+            return await clear(ids)
         if not isinstance(label, str):
-            raise HttpError(400, "label (a string) is required")
+            raise HttpError(400, "label must be a string (or null to clear manual labels)")
         n = await call(set_manual_labels, home, ids, label)
         return {"schema": API_SCHEMA, "label": label, "requested": len(set(ids)), "labeled": n}
+
+    async def clear(ids: list[str]) -> Any:
+        n = await call(clear_manual_labels, home, ids)
+        return {"schema": API_SCHEMA, "label": None, "requested": len(set(ids)), "cleared": n}
+
+    async def unlabel(request: Request) -> Any:
+        data = await _json_body(request)
+        _check_keys(data, {"segment_ids"}, "the labels request")
+        return await clear(_ids(data.get("segment_ids")))
 
     async def facets(request: Request) -> Any:
         return {"schema": API_SCHEMA, "labels": await call(label_counts, home)}
@@ -427,6 +440,7 @@ def create_app(home: Home, read_only: bool = False, token: str | None = None, *,
         Route("/api/search", json_route(search), methods=["POST"]),
         Route("/api/labels", json_route(labels), methods=["POST"]),
         Route("/api/labels", json_route(facets), methods=["GET"]),
+        Route("/api/labels", json_route(unlabel), methods=["DELETE"]),
         Route("/api/clusters", json_route(clusters), methods=["GET"]),
         Route("/api/clusters/{run}", json_route(cluster_run), methods=["GET"]),
         Route("/api/clusters/{run}/{cluster:int}/name", json_route(name), methods=["POST"]),

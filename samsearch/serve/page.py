@@ -33,6 +33,7 @@ h2{font-size:15px;margin:4px 0 8px}
  <input id="f-cluster" placeholder="cluster" size="6"><button id="apply">filter</button>
  <button id="prev">&larr;</button><span id="pageno"></span><button id="next">&rarr;</button>
  <span>|</span><input id="label-input" placeholder="label for selected"><button id="assign">assign label</button>
+ <button id="unassign">clear manual label</button>
  <button id="clear-sel">clear selection</button><button id="show-clusters">clusters</button>
  <span id="status"></span>
 </header>
@@ -157,6 +158,13 @@ async function assign() {
     selected.clear(); loadGrid("labeled " + r.labeled + " segment(s) " + JSON.stringify(label));
   } catch (e) { status(e.message, true); }
 }
+async function unassign() {
+  if (!selected.size) { status("select segments (checkbox) first", true); return; }
+  try {
+    const r = await api("/api/labels", {segment_ids: [...selected], label: null});
+    selected.clear(); loadGrid("cleared the manual label of " + r.cleared + " segment(s)");
+  } catch (e) { status(e.message, true); }
+}
 async function showClusters() {
   const box = $("clusters"); box.replaceChildren(); $("neighbours").replaceChildren();
   try {
@@ -194,6 +202,7 @@ $("apply").addEventListener("click", () => { offset = 0; loadGrid(); });
 $("next").addEventListener("click", () => { offset += PAGE_SIZE; loadGrid(); });
 $("prev").addEventListener("click", () => { offset = Math.max(0, offset - PAGE_SIZE); loadGrid(); });
 $("assign").addEventListener("click", assign);
+$("unassign").addEventListener("click", unassign);
 $("clear-sel").addEventListener("click", () => { selected.clear(); loadGrid(); });
 $("show-clusters").addEventListener("click", showClusters);
 $("refine").addEventListener("click", refine);

@@ -246,6 +246,25 @@ def test_labels_are_stored_and_script_labels_stay_data(api, home):
     _error(api.post("/api/labels", json={"segment_ids": [1, 2], "label": "x"}), 400)
 
 
+def test_clearing_manual_labels(api, home):
+    ids = _all_ids(home)[6:9]
+    assert api.post("/api/labels", json={"segment_ids": ids, "label": "to-clear"}).json()["labeled"] == 3
+    r = api.request("DELETE", "/api/labels", json={"segment_ids": ids[:2]})
+    assert r.status_code == 200, r.text
+    assert r.json()["cleared"] == 2
+    r = api.post("/api/labels", json={"segment_ids": ids[2:], "label": None})
+    assert r.status_code == 200 and r.json()["cleared"] == 1 and r.json()["label"] is None
+    with home.db.session() as s:  # SQL and payload agree: unlabeled
+        rows = s.execute(select(Segment.label, Segment.label_source).where(Segment.id.in_(ids))).all()
+    assert set(rows) == {(None, None)}
+    assert {(p.payload.get("label"), p.payload.get("label_source")) for p in home.vectors.retrieve("segments", ids)} \
+        == {(None, None)}
+    assert api.get("/api/segments", params={"label": "to-clear"}).json()["segments"] == []
+    assert api.request("DELETE", "/api/labels", json={"segment_ids": ids}).json()["cleared"] == 0
+    _error(api.request("DELETE", "/api/labels", json={"segment_ids": []}), 400)
+    _error(api.request("DELETE", "/api/labels", json={"segment_ids": ids, "label": "x"}), 400)
+
+
 def test_name_a_cluster(api, home):
     rep = api.get("/api/clusters/k3").json()
     c = rep["clusters"][0]
@@ -264,6 +283,8 @@ def test_read_only_refuses_every_write(read_only, home):
     assert "read-only" in _error(read_only.post("/api/labels", json={"segment_ids": ids, "label": "ro"}), 403)
     _error(read_only.post("/api/clusters/k3/0/name", json={"label": "ro"}), 403)
     _error(read_only.delete(f"/api/segments/{ids[0]}"), 403)
+    _error(read_only.request("DELETE", "/api/labels", json={"segment_ids": ids}), 403)
+    _error(read_only.post("/api/labels", json={"segment_ids": ids, "label": None}), 403)
     assert read_only.get(f"/api/segments/{ids[0]}").json()["label"] == before
     # reads and search still work
     assert len(read_only.post("/api/search", json={"segment_id": ids[0], "k": 2}).json()["hits"]) == 2

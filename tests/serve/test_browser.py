@@ -113,6 +113,15 @@ def test_grid_neighbours_labels_and_cluster_names(site, browser, artifacts):
     assert browser.title == "samsearch"  # the onerror handler never ran
     assert not browser.find_elements(By.CSS_SELECTOR, "#grid img[src='x']")
 
+    # tick one of them again and clear its manual label
+    tile = next(t for t in browser.find_elements(By.CSS_SELECTOR, "#grid .tile")
+                if t.get_attribute("data-id") == picked[0])
+    tile.find_element(By.CSS_SELECTOR, "input.sel").click()
+    browser.find_element(By.ID, "unassign").click()
+    _wait(browser, lambda d: "cleared the manual label of 1" in _status(d))
+    stored = fetch_segments(home, picked)
+    assert (stored[picked[0]].label, stored[picked[1]].label) == (None, EVIL)
+
     # clusters view: name the first cluster
     browser.find_element(By.ID, "show-clusters").click()
     _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#clusters .cluster .cname"))
