@@ -44,7 +44,7 @@ from samsearch.data.imageio import ImageLoadError, LoadedImage, decode_image, lo
 from samsearch.errors import EmbeddingSpaceMismatch, InputError, NotFoundError, SamsearchError, one_line
 from samsearch.home import Home
 from samsearch.reports.clusters import cluster_report, list_runs
-from samsearch.reports.gallery import render_crop
+from samsearch.reports.gallery import render_crop, render_image_overlay
 from samsearch.reports.stats import collect_stats, label_counts
 from samsearch.search.query import (
     SearchFilters,
@@ -53,7 +53,7 @@ from samsearch.search.query import (
     search_by_image,
     search_by_segment,
 )
-from samsearch.search.segments import SegmentInfo, get_segment, list_segments
+from samsearch.search.segments import SegmentInfo, get_image, get_segment, list_segments
 from samsearch.serve.page import PAGE
 from samsearch.vectors import VectorStoreError
 
@@ -338,6 +338,37 @@ def create_app(home: Home, read_only: bool = False, token: str | None = None, *,
         render_crop(rgb, mask, size=size).save(buf, format="PNG")
         return buf.getvalue()
 
+    def _overlay_png(image_id: int, max_side: int) -> bytes:
+        info = get_image(home, image_id)
+        try:
+            rgb = load_image(info.image_path).rgb  # the path the home registered, never one from the request
+        except (ImageLoadError, OSError):
+            raise HttpError(410, f"image {image_id} is no longer readable") from None
+        masks = [seg.mask() for seg in info.segments]
+        if any(m.shape != rgb.shape[:2] for m in masks):
+            raise HttpError(409, f"image {image_id}: the file at its path changed size since ingest")
+        captions = [seg.label or seg.annotation_category or "" for seg in info.segments]
+        buf = io.BytesIO()
+        render_image_overlay(rgb, masks, captions, max_side=max_side).save(buf, format="PNG")
+        return buf.getvalue()
+
+    def _image_id(request: Request) -> int:
+        iid = request.path_params["id"]
+        if iid > 2**31 - 1:  # larger than any key the database holds
+            raise HttpError(404, "no such image")
+        return iid
+
+    async def image(request: Request) -> Any:
+        info = await call(get_image, home, _image_id(request))
+        return {"schema": API_SCHEMA, "image_id": info.image_id, "image_path": info.image_path,
+                "dataset": info.dataset, "width": info.width, "height": info.height, "status": info.status,
+                "segments": [segment_dict(seg, with_mask=False) for seg in info.segments]}
+
+    async def overlay(request: Request) -> Any:
+        max_side = _int_param(request, "max_side", 1024, 64, 4096)
+        png = await call(_overlay_png, _image_id(request), max_side)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache"})
+
     async def crop(request: Request) -> Any:
         size = _int_param(request, "size", 160, 16, 512)
         png = await call(_crop_png, _segment_id(request), size)
@@ -437,6 +468,8 @@ def create_app(home: Home, read_only: bool = False, token: str | None = None, *,
         Route("/api/segments", json_route(segments), methods=["GET"]),
         Route("/api/segments/{id}", json_route(segment), methods=["GET"]),
         Route("/api/segments/{id}/crop.png", json_route(crop), methods=["GET"]),
+        Route("/api/images/{id:int}", json_route(image), methods=["GET"]),
+        Route("/api/images/{id:int}/overlay.png", json_route(overlay), methods=["GET"]),
         Route("/api/search", json_route(search), methods=["POST"]),
         Route("/api/labels", json_route(labels), methods=["POST"]),
         Route("/api/labels", json_route(facets), methods=["GET"]),

@@ -23,6 +23,8 @@ section{flex:1;min-width:0}
 #status{color:#aaa} .err{color:#f77}
 h2{font-size:15px;margin:4px 0 8px}
 .cluster{margin-bottom:10px;border-top:1px solid #333;padding-top:6px}
+#image-view img{max-width:100%;display:block;margin-bottom:6px}
+#image-view li{font-size:12px}
 .tile.liked{border-color:#5c5} .tile.unliked{border-color:#c55}
 .tile .fb{position:absolute;top:4px;right:4px;display:flex;gap:2px}
 .tile .fb button{padding:0 5px;font-size:12px}
@@ -43,7 +45,8 @@ h2{font-size:15px;margin:4px 0 8px}
   <label><input type="checkbox" id="exclude-same"> other images only</label>
   <span id="fb-bar"> | mark hits + (like) / &minus; (unlike), then <button id="refine">refine</button>
    diversity <input id="diversity" type="number" min="0" max="1" step="0.1" value="0" size="3"></span>
-  <div id="neighbours" class="grid"></div><div id="clusters"></div></section>
+  <button id="open-image" disabled>its image</button>
+  <div id="neighbours" class="grid"></div><div id="clusters"></div><div id="image-view"></div></section>
 </main>
 <script>
 "use strict";
@@ -112,12 +115,33 @@ async function neighbours(t, s) {
   $("clusters").replaceChildren();
   $("nb-title").textContent = "nearest neighbours of " + s.segment_id + " (" + describe(s) + ")";
   feedback = {pos: new Set([s.segment_id]), neg: new Set()};
+  current = s; $("open-image").disabled = false; $("image-view").replaceChildren();
   try {
     showHits(await api("/api/search", {segment_id: s.segment_id, k: 12,
                                        filters: {exclude_same_image: $("exclude-same").checked}}));
   } catch (e) { status(e.message, true); }
 }
-let feedback = {pos: new Set(), neg: new Set()};
+let feedback = {pos: new Set(), neg: new Set()}, current = null;
+async function showImage() {
+  if (!current) return;
+  const view = $("image-view"); view.replaceChildren(); $("neighbours").replaceChildren();
+  $("clusters").replaceChildren();
+  try {
+    const info = await api("/api/images/" + current.image_id);
+    $("nb-title").textContent = "image " + info.image_id + " (" + info.dataset + "): "
+      + info.segments.length + " segments";
+    const img = document.createElement("img"); img.id = "overlay"; view.appendChild(img);
+    img.src = URL.createObjectURL(await api("/api/images/" + info.image_id + "/overlay.png"));
+    const list = document.createElement("ol");
+    for (const seg of info.segments) {
+      const li = document.createElement("li"); li.className = "image-seg"; li.dataset.id = seg.segment_id;
+      li.textContent = (seg.label || seg.annotation_category || "unlabeled") + " \u00b7 area " + seg.area
+        + (seg.segment_id === current.segment_id ? " (this one)" : "");
+      list.appendChild(li);
+    }
+    view.appendChild(list);
+  } catch (e) { status(e.message, true); }
+}
 function mark(n, id, like) {
   const mine = like ? feedback.pos : feedback.neg, other = like ? feedback.neg : feedback.pos;
   if (mine.has(id)) mine.delete(id); else { mine.add(id); other.delete(id); }
@@ -167,6 +191,7 @@ async function unassign() {
 }
 async function showClusters() {
   const box = $("clusters"); box.replaceChildren(); $("neighbours").replaceChildren();
+  $("image-view").replaceChildren();
   try {
     const runs = (await api("/api/clusters")).runs;
     if (!runs.length) { $("nb-title").textContent = "no clustering runs yet (samsearch cluster)"; return; }
@@ -206,6 +231,7 @@ $("unassign").addEventListener("click", unassign);
 $("clear-sel").addEventListener("click", () => { selected.clear(); loadGrid(); });
 $("show-clusters").addEventListener("click", showClusters);
 $("refine").addEventListener("click", refine);
+$("open-image").addEventListener("click", showImage);
 loadGrid();
 </script></body></html>
 """

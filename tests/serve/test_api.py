@@ -131,6 +131,45 @@ def test_one_segment_and_its_crop(api, home):
     _error(api.get(f"/api/segments/{uuid.uuid4()}/crop.png"), 404)
 
 
+def test_image_view(api, home):
+    import numpy as np
+    from PIL import Image
+
+    from samsearch.data.imageio import load_image
+
+    seg = api.get(f"/api/segments/{_all_ids(home)[0]}").json()
+    with home.db.session() as s:
+        want = sorted(s.execute(select(Segment.id).where(Segment.image_id == seg["image_id"])).scalars())
+    info = api.get(f"/api/images/{seg['image_id']}").json()
+    assert info["image_id"] == seg["image_id"] and info["dataset"] == seg["dataset"]
+    assert [x["segment_id"] for x in info["segments"]] == want and len(want) > 1
+    assert all(x["image_id"] == seg["image_id"] for x in info["segments"])
+    r = api.get(f"/api/images/{seg['image_id']}/overlay.png")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    from io import BytesIO
+
+    pic = np.asarray(Image.open(BytesIO(r.content)).convert("RGB"))
+    raw = load_image(seg["image_path"]).rgb
+    assert pic.shape == raw.shape
+    changed = (pic != raw).any(axis=2)
+    # every segment's outline is drawn: each mask's border pixels changed, far-away pixels did not
+    from samsearch.search.segments import get_segment
+
+    for sid in want:
+        mask = get_segment(home, sid).mask()
+        assert changed[mask].any()
+    assert 0 < changed.mean() < 0.5
+    small = Image.open(BytesIO(api.get(f"/api/images/{seg['image_id']}/overlay.png",
+                                       params={"max_side": 64}).content))
+    assert max(small.size) == 64
+    _error(api.get("/api/images/999999"), 404)
+    _error(api.get("/api/images/999999/overlay.png"), 404)
+    _error(api.get("/api/images/99999999999999999999999"), 404)
+    _error(api.get("/api/images/..%2F..%2Fetc%2Fpasswd"), 404)
+    _error(api.get("/api/images/-1/overlay.png"), 404)
+    _error(api.get(f"/api/images/{seg['image_id']}/overlay.png", params={"max_side": 10}), 400)
+
+
 @pytest.mark.parametrize("trick", [
     "..%2F..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", "..", "....%2F%2Fetc%2Fpasswd", "%00", "C:%5Cwindows",
     "x" * 300, "%2e%2e%2f%2e%2e%2fetc%2fpasswd",

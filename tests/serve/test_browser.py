@@ -87,6 +87,20 @@ def test_grid_neighbours_labels_and_cluster_names(site, browser, artifacts):
     assert hits[0].text.startswith("#1 ")
     browser.save_screenshot(str(artifacts / "serve-neighbours.png"))
 
+    # the query's image: every segment outlined, listed with its label
+    browser.find_element(By.ID, "open-image").click()
+    _wait(browser, lambda d: d.execute_script(
+        "const i = document.getElementById('overlay'); return i && i.complete && i.naturalWidth > 0;"))
+    listed = [li.get_attribute("data-id") for li in browser.find_elements(By.CSS_SELECTOR, "#image-view li")]
+    from samsearch.search.segments import get_image
+
+    image_id = fetch_segments(home, [query])[query].image_id
+    assert listed == [s.segment_id for s in get_image(home, image_id).segments] and query in listed
+    browser.save_screenshot(str(artifacts / "serve-image.png"))
+    tiles[0].find_element(By.TAG_NAME, "img").click()  # back to the neighbours
+    _wait(browser, lambda d: _loaded_tiles(d, "#neighbours .hit") >= 5)
+    hits = browser.find_elements(By.CSS_SELECTOR, "#neighbours .hit")
+
     # relevance feedback: like one hit, unlike another, refine: the library's answer, examples left out
     liked, unliked = hits[1].get_attribute("data-id"), hits[2].get_attribute("data-id")
     hits[1].find_element(By.CSS_SELECTOR, "button.like").click()
