@@ -116,6 +116,7 @@ async function neighbours(t, s) {
   $("nb-title").textContent = "nearest neighbours of " + s.segment_id + " (" + describe(s) + ")";
   feedback = {pos: new Set([s.segment_id]), neg: new Set()};
   current = s; $("open-image").disabled = false; $("image-view").replaceChildren();
+  $("neighbours").replaceChildren();  // the old hits go at once: never mistaken for the new ones
   try {
     showHits(await api("/api/search", {segment_id: s.segment_id, k: 12,
                                        filters: {exclude_same_image: $("exclude-same").checked}}));
@@ -137,6 +138,8 @@ async function showImage() {
       const li = document.createElement("li"); li.className = "image-seg"; li.dataset.id = seg.segment_id;
       li.textContent = (seg.label || seg.annotation_category || "unlabeled") + " \u00b7 area " + seg.area
         + (seg.segment_id === current.segment_id ? " (this one)" : "");
+      li.style.cursor = "pointer"; li.title = "its nearest neighbours";
+      li.addEventListener("click", () => neighbours(li, seg));
       list.appendChild(li);
     }
     view.appendChild(list);

@@ -97,8 +97,15 @@ def test_grid_neighbours_labels_and_cluster_names(site, browser, artifacts):
     image_id = fetch_segments(home, [query])[query].image_id
     assert listed == [s.segment_id for s in get_image(home, image_id).segments] and query in listed
     browser.save_screenshot(str(artifacts / "serve-image.png"))
-    tiles[0].find_element(By.TAG_NAME, "img").click()  # back to the neighbours
+    other = next(li for li in browser.find_elements(By.CSS_SELECTOR, "#image-view li")
+                 if li.get_attribute("data-id") != query)
+    other_id = other.get_attribute("data-id")
+    other.click()  # a listed segment: its neighbours
     _wait(browser, lambda d: _loaded_tiles(d, "#neighbours .hit") >= 5)
+    assert other_id in browser.find_element(By.ID, "nb-title").text
+    tiles[0].find_element(By.TAG_NAME, "img").click()  # back to the first segment's neighbours
+    _wait(browser, lambda d: query in d.find_element(By.ID, "nb-title").text
+          and _loaded_tiles(d, "#neighbours .hit") >= 5)
     hits = browser.find_elements(By.CSS_SELECTOR, "#neighbours .hit")
 
     # relevance feedback: like one hit, unlike another, refine: the library's answer, examples left out
