@@ -474,9 +474,13 @@ def test_bulk_load_keeps_writes_visible_and_counts_right(store):
         with store.bulk_load(COLL):  # nested: only the outermost exit builds
             store.upsert(COLL, ids[:150], x[:150], [{"image_id": i} for i in range(150)])
         assert store.search(COLL, x[10], k=1)[0].id == ids[10]
+        store.finish_index(COLL, report=lines.append)  # inside an open block too (a worker gone idle)
         store.upsert(COLL, ids[150:], x[150:], [{"image_id": i} for i in range(150, 300)])
     assert store.count(COLL) == 300
     assert store.search(COLL, x[200], k=1)[0].id == ids[200]
+    points, indexed = store.index_status(COLL)
+    assert points == 300 and 0 <= indexed <= points  # below the index threshold: not indexed, scanned
+    assert lines == []  # nothing worth an index was built, so nothing was said
 
 
 def _edge_info(s: EdgeVectorStore):
