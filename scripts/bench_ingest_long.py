@@ -83,6 +83,7 @@ def run(mode: str, n: int, batch: int, seed: int, queries: np.ndarray, log) -> d
         store.ensure_collection(COLL, DIM)
         per_10k: list[float] = []
         out: dict = {"mode": mode, "n": n, "batch": batch, "load_avg_start": os.getloadavg()[0]}
+        cpu0 = sum(os.times()[:4])
         with Heartbeat() as hb:
             hb.phase = "write"
             t_start = time.perf_counter()
@@ -126,6 +127,8 @@ def run(mode: str, n: int, batch: int, seed: int, queries: np.ndarray, log) -> d
             "p50_ms_fully_indexed": p50_ms(store, queries),
             "points": info.points_count, "indexed": info.indexed_vectors_count,
             "load_avg_end": os.getloadavg()[0],
+            # CPU seconds of this process and of finished children (the child build), for a load-robust view
+            "cpu_seconds": round(sum(os.times()[:4]) - cpu0, 1),
             "child_build_steps_s": store.last_child_build,
         })
         store.close()

@@ -445,10 +445,20 @@ class EdgeVectorStore:
             raise VectorStoreError(f"the index build of {name!r} in a child process failed "
                                    f"(exit {proc.returncode}): {tail or 'no message'}")
         t_built = time.perf_counter()
-        self._get(name)  # reopen: the collection now counts as indexed (since_optimize from the shard)
+        coll = self._get(name)  # reopen: the collection now counts as indexed (since_optimize from the shard)
+        self._warm_up(coll)
         # Where the time went (benchmarks): close and reopen hold the GIL, the child's part does not.
         self.last_child_build = {"close_s": round(t_closed - t0, 2), "child_s": round(t_built - t_closed, 2),
-                                 "reopen_s": round(time.perf_counter() - t_built, 2)}
+                                 "reopen_and_warm_up_s": round(time.perf_counter() - t_built, 2)}
+
+    @staticmethod
+    def _warm_up(coll: _Collection, queries: int = 200) -> None:
+        """A freshly opened shard answers its first few hundred searches ~3x slower (at 300k points: p50
+        4.7 ms for the first 200, then 1.6 ms): search with stored vectors now, so that the first user
+        searches after a build are at indexed speed. One query at a time: each holds the GIL for ~1 ms."""
+        records, _ = coll.shard.scroll(qe.ScrollRequest(limit=queries, with_payload=False, with_vector=True))
+        for r in records:
+            coll.shard.query(qe.QueryRequest(limit=10, query=qe.Query.Nearest(list(r.vector)), with_payload=True))
 
     def finish_index(self, name: str, report: Callable[[str], None] | None = None) -> None:
         """Build the index over everything written but not yet indexed, as the end of :meth:`bulk_load`
