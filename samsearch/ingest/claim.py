@@ -11,6 +11,7 @@ from sqlalchemy import select
 from samsearch.db import Image, ImageStatus, Ingestion
 from samsearch.home import Home
 from samsearch.ingest.containers import LeaseLost
+from samsearch.ingest.membership import join_dataset
 
 
 def unreadable_key(path: Path | str) -> str:
@@ -21,7 +22,16 @@ def unreadable_key(path: Path | str) -> str:
 def claim_image(home: Home, content_hash: str, path: Path, size: int, dataset: str, settings_hash: str,
                 run_id: int) -> tuple[int, bool, bool]:
     """Create or fetch the image row and mark it running. Returns (image_id, already_done,
-    needs_cleanup) — cleanup when an earlier attempt may have left vectors behind."""
+    needs_cleanup) — cleanup when an earlier attempt may have left vectors behind. An image already
+    stored joins ``dataset`` (SQL and the payloads of its segments), done or not."""
+    image_id, done, cleanup = _claim(home, content_hash, path, size, dataset, settings_hash, run_id)
+    if cleanup or done:
+        join_dataset(home, [image_id], dataset)
+    return image_id, done, cleanup
+
+
+def _claim(home: Home, content_hash: str, path: Path, size: int, dataset: str, settings_hash: str,
+           run_id: int) -> tuple[int, bool, bool]:
     with home.db.session() as s:
         img = s.execute(select(Image).where(Image.content_hash == content_hash)).scalar()
         if img is None:
@@ -48,12 +58,14 @@ def mark_failed(home: Home, image_id: int | None, path: Path, content_hash: str 
     ``owner``, LeaseLost (nothing written) unless its lease is still held."""
     with home.db.session() as s:
         img = s.get(Image, image_id) if image_id is not None else None
+        existed = img is not None
         if owner is not None:
             check_lease(img, owner)
             img.lease_owner = img.lease_expires_at = None
         if img is None:
             key = content_hash or unreadable_key(path)
             img = s.execute(select(Image).where(Image.content_hash == key)).scalar()
+            existed = img is not None
             if img is None:
                 img = Image(content_hash=key, path=str(path), file_size=size, dataset=dataset, attempts=1)
                 s.add(img)
@@ -61,6 +73,10 @@ def mark_failed(home: Home, image_id: int | None, path: Path, content_hash: str 
             img.status = ImageStatus.failed.value
         img.error = reason
         img.run_id = run_id
+        s.flush()
+        failed_id = img.id
+    if existed:
+        join_dataset(home, [failed_id], dataset)
 
 
 def check_lease(img: Image | None, owner: str) -> None:

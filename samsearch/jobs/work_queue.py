@@ -38,12 +38,14 @@ from sqlalchemy.orm import Session
 
 from samsearch.data.coco import AnnotationError, load_coco
 from samsearch.data.imageio import collect_image_paths
-from samsearch.db import Image, ImageStatus, Ingestion, Run
+from samsearch.db import Image, ImageDataset, ImageStatus, Ingestion, Run
+from samsearch.db.memberships import in_dataset
 from samsearch.db.schema import utcnow
 from samsearch.errors import InputError, SamsearchError
 from samsearch.home import Home
 from samsearch.identity import ModelRef
 from samsearch.ingest.claim import unreadable_key
+from samsearch.ingest.membership import join_dataset
 from samsearch.ingest.options import PROMPT_MODES, IngestOptions
 from samsearch.sam.amg import AmgSettings
 from samsearch.sam.models import model_ref, sha256_file
@@ -235,6 +237,10 @@ def _enqueue_chunk(home: Home, hashed: list, dataset: str, settings_hash: str, s
                 img.status, img.error, img.run_id = FAILED, reason, summary.run_id
         _insert_ignoring_duplicates(s, new_rows)
         summary.enqueued += sum(r["status"] == PENDING for r in new_rows)
+    # Every listed image belongs to ``dataset`` now, also one stored already (no SAM: SQL + payloads).
+    with home.db.session() as s:
+        ids = list(s.scalars(select(Image.id).where(Image.content_hash.in_(keys))))
+    join_dataset(home, ids, dataset)
 
 
 def _aware(ts: Any) -> Any:
@@ -375,7 +381,7 @@ def retry_failed(home: Home, dataset: str | None = None) -> dict[str, int]:
     with home.db.session() as s:
         cond = [Image.status == FAILED, Image.run_id.is_not(None)]
         if dataset is not None:
-            cond.append(Image.dataset == dataset)
+            cond.append(in_dataset(dataset))
         unhashed = s.scalar(select(func.count()).select_from(Image).where(
             *cond, Image.content_hash.like("path:%")))
         res = s.execute(
@@ -400,10 +406,12 @@ def queue_status(home: Home) -> dict[str, Any]:
         now = _now(s)
         by_status = {st: 0 for st in (PENDING, RUNNING, DONE, FAILED)}
         datasets: dict[str, dict[str, int]] = {}
-        for dataset, status, n in s.execute(
-            select(Image.dataset, Image.status, func.count()).group_by(Image.dataset, Image.status)
-        ):
+        for status, n in s.execute(select(Image.status, func.count()).group_by(Image.status)):
             by_status[status] = by_status.get(status, 0) + n
+        for dataset, status, n in s.execute(  # an image counts in each of its datasets
+            select(ImageDataset.dataset, Image.status, func.count()).join(Image, Image.id == ImageDataset.image_id)
+            .group_by(ImageDataset.dataset, Image.status)
+        ):
             datasets.setdefault(dataset, {st: 0 for st in (PENDING, RUNNING, DONE, FAILED)})[status] = n
         expired = s.scalar(select(func.count()).select_from(Image).where(
             Image.status == RUNNING, Image.lease_expires_at < now))

@@ -11,7 +11,7 @@ import numpy as np
 from sqlalchemy import bindparam, select
 
 from samsearch.data.masks import rle_to_mask
-from samsearch.db import Image, Segment
+from samsearch.db import Image, ImageDataset, Segment
 from samsearch.errors import NotFoundError
 from samsearch.home import Home
 
@@ -24,6 +24,8 @@ _COLUMNS = (
 # Built once: SQLAlchemy caches its compiled form, and the id list is bound as an expanding IN parameter.
 _BY_IDS = (select(*_COLUMNS).join(Image, Image.id == Segment.image_id)
            .where(Segment.id.in_(bindparam("ids", expanding=True))))
+_DATASETS = (select(ImageDataset.image_id, ImageDataset.dataset)
+             .where(ImageDataset.image_id.in_(bindparam("images", expanding=True))))
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class SegmentInfo:
     segment_id: str
     image_id: int
     image_path: str
-    dataset: str
+    dataset: str  # the image's first dataset (a search filtered by dataset reports the one it matched)
     bbox_xywh: tuple[float, float, float, float]
     area: int
     height: int
@@ -44,19 +46,20 @@ class SegmentInfo:
     label: str | None
     label_score: float | None
     cluster: int | None
+    datasets: tuple[str, ...] = ()  # every dataset the image belongs to, sorted
 
     def mask(self) -> np.ndarray:
         """The mask as an H×W ``bool`` array over the original image."""
         return rle_to_mask(self.rle)
 
 
-def _info(row: Any) -> SegmentInfo:
+def _info(row: Any, datasets: dict[int, list[str]]) -> SegmentInfo:
     return SegmentInfo(
         segment_id=row.id, image_id=row.image_id, image_path=row.path, dataset=row.dataset,
         bbox_xywh=(row.bbox_x, row.bbox_y, row.bbox_w, row.bbox_h), area=row.area, height=row.height,
         width=row.width, rle={"size": [row.height, row.width], "counts": row.rle_counts}, source=row.source,
         annotation_category=row.annotation_category, label=row.label, label_score=row.label_score,
-        cluster=row.cluster,
+        cluster=row.cluster, datasets=tuple(sorted(datasets.get(row.image_id, [row.dataset]))),
     )
 
 
@@ -66,7 +69,12 @@ def fetch_segments(home: Home, ids: Sequence[str]) -> dict[str, SegmentInfo]:
         return {}
     # A plain connection, not an ORM session: this sits on the search path, where every 0.1 ms shows.
     with home.db.engine.connect() as conn:
-        return {row.id: _info(row) for row in conn.execute(_BY_IDS, {"ids": list(ids)})}
+        rows = conn.execute(_BY_IDS, {"ids": list(ids)}).all()
+        datasets: dict[int, list[str]] = {}
+        if rows:
+            for image_id, name in conn.execute(_DATASETS, {"images": sorted({r.image_id for r in rows})}):
+                datasets.setdefault(image_id, []).append(name)
+        return {row.id: _info(row, datasets) for row in rows}
 
 
 def get_segment(home: Home, segment_id: str) -> SegmentInfo:
