@@ -39,6 +39,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from samsearch.bank.classify import PAYLOAD_SCORE_DECIMALS
 from samsearch.db import Image, ImageStatus, Ingestion, Run, Segment
 from samsearch.db.memberships import datasets_of
 from samsearch.home import SEGMENTS, Home
@@ -55,6 +56,7 @@ MASS_DELETE_COUNT = 1000
 SAMPLE = 2000  # segments whose payloads a default (not --full) run compares
 SAMPLE_RUN = 100  # consecutive ids read from each random starting point of the sample
 # Payload fields filters read, and the SQL value each must equal (a missing key equals None).
+SCORE_TOLERANCE = 0.5 * 10 ** -PAYLOAD_SCORE_DECIMALS + 1e-6
 CONTENT_FIELDS = ("image_id", "image_hash", "dataset", "settings_hash", "source", "area",
                   *LABEL_PAYLOAD_KEYS.values())
 
@@ -291,6 +293,8 @@ class PayloadMismatch:
 def _same(field_name: str, want: Any, got: Any) -> bool:
     if field_name == "dataset" and isinstance(got, str):
         got = [got]  # payloads written before datasets became lists
+    if field_name == "label_score" and isinstance(want, float) and isinstance(got, (int, float)):
+        return abs(want - got) <= SCORE_TOLERANCE  # labeling writes it rounded (PAYLOAD_SCORE_DECIMALS)
     if isinstance(want, float) and isinstance(got, (int, float)):
         return math.isclose(want, got, rel_tol=1e-6, abs_tol=1e-9)
     return want == got
@@ -370,7 +374,10 @@ def rewrite_payloads(home: Home, mismatches: list[PayloadMismatch]) -> int:
     set); a field SQL has no value for is written as null, which no Match filter selects."""
     groups: dict[str, tuple[list[str], dict[str, Any]]] = {}
     for m in mismatches:
-        key = repr(sorted(m.expected.items()))
-        groups.setdefault(key, ([], m.expected))[0].append(m.segment_id)
+        payload = dict(m.expected)
+        if isinstance(payload.get("label_score"), float):  # as labeling writes it: few distinct payloads
+            payload["label_score"] = round(payload["label_score"], PAYLOAD_SCORE_DECIMALS)
+        key = repr(sorted(payload.items()))
+        groups.setdefault(key, ([], payload))[0].append(m.segment_id)
     home.vectors.set_payloads(SEGMENTS, [(ids, payload) for ids, payload in groups.values()])
     return len(mismatches)
