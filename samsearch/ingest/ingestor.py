@@ -26,7 +26,13 @@ from pathlib import Path
 import torch
 
 from samsearch.data.coco import AnnotationError, CocoAnnotations, load_coco
-from samsearch.data.imageio import ImageLoadError, collect_image_paths, decode_image, read_bytes_and_hash
+from samsearch.data.imageio import (
+    ImageLoadError,
+    collect_image_paths,
+    decode_image,
+    display_path,
+    read_bytes_and_hash,
+)
 from samsearch.db.runs import recorded_run
 from samsearch.errors import InputError
 from samsearch.home import Home
@@ -147,6 +153,10 @@ class Ingestor:
             self._fail(summary, image_id, path, content_hash, len(data), exc.reason, run_id, owner)
             return None
         timings["decode"] += time.perf_counter() - t0
+        thin = too_thin(rgb.shape[:2], self.model.sam.image_encoder.img_size)
+        if thin is not None:
+            self._fail(summary, image_id, path, content_hash, len(data), thin, run_id, owner)
+            return None
 
         annotated = None
         if self.coco is not None:
@@ -219,7 +229,7 @@ class Ingestor:
         mark_failed(self.home, image_id, path, content_hash, size, reason, self.options.dataset, run_id,
                     owner)  # LeaseLost: not ours
         summary.images_failed += 1
-        summary.failures.append(Failure(str(path), reason))
+        summary.failures.append(Failure(display_path(path), reason))
 
     def run(self, inputs: Sequence[str | Path], progress: bool = True,
             on_image: Callable[[Path], None] | None = None) -> IngestSummary:
@@ -250,6 +260,16 @@ class Ingestor:
                     if on_image is not None:
                         on_image(path)
         return summary
+
+
+def too_thin(size_hw: tuple[int, int], long_side: int) -> str | None:
+    """Why SAM cannot take an image this thin: its resize-longest-side (to ``long_side``, rounding half
+    up like ``ResizeLongestSide``) would make the short side 0 pixels. None when it can."""
+    h, w = int(size_hw[0]), int(size_hw[1])
+    if int(min(h, w) * long_side / max(h, w) + 0.5) >= 1:
+        return None
+    return (f"image is {w}x{h}: too thin for SAM (resized to {long_side} px on the long side, the short side "
+            "would be 0 pixels)")
 
 
 def _sync(model: LoadedModel) -> None:

@@ -37,7 +37,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from samsearch.data.coco import AnnotationError, load_coco
-from samsearch.data.imageio import collect_image_paths
+from samsearch.data.imageio import collect_image_paths, display_path, not_a_regular_file
 from samsearch.db import Image, ImageDataset, ImageStatus, Ingestion, Run
 from samsearch.db.memberships import in_dataset
 from samsearch.db.schema import utcnow
@@ -108,8 +108,14 @@ class EnqueueSummary:
 
 def _hash_file(path: Path) -> tuple[Path, int, str] | tuple[Path, None, str]:
     """(path, size, sha256) or (path, None, reason): streamed, so big files are not held in memory."""
+    if display_path(path) != str(path):
+        return path, None, "file name is not valid UTF-8 (rename the file)"
     try:
-        return path, path.stat().st_size, sha256_file(path)
+        st = path.stat()
+        why = not_a_regular_file(st.st_mode)  # a FIFO would block the hashing, a device never end it
+        if why is not None:
+            return path, None, why
+        return path, st.st_size, sha256_file(path)
     except FileNotFoundError:
         return path, None, "unreadable: no such file"
     except IsADirectoryError:
@@ -227,10 +233,10 @@ def _enqueue_chunk(home: Home, hashed: list, dataset: str, settings_hash: str, s
                 summary.enqueued += 1
         for key, (path, reason) in unreadable.items():
             summary.unreadable += 1
-            summary.failures.append({"path": str(path), "reason": reason})
+            summary.failures.append({"path": display_path(path), "reason": reason})
             img = existing.get(key)
             if img is None:
-                new_rows.append({"content_hash": key, "path": str(path), "file_size": None, "dataset": dataset,
+                new_rows.append({"content_hash": key, "path": display_path(path), "file_size": None, "dataset": dataset,
                                  "status": FAILED, "error": reason, "attempts": 0, "run_id": summary.run_id,
                                  "created_at": now, "updated_at": now})
             else:
