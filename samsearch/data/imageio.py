@@ -348,9 +348,12 @@ def _walk_images(folder: Path) -> Iterator[Path]:
 
 
 def _resolved(path: Path) -> Path:
-    """The absolute path with symlinks resolved; a symlink loop stays as it is (reading it then fails and
-    is recorded, naming the file)."""
+    """The absolute path with symlinks resolved, unless that leads nowhere readable: a symlink loop, or a
+    link to a device or FIFO, stays as named (reading it then fails and is recorded under that name)."""
     try:
-        return path.resolve()
+        real = path.resolve()
+        if stat.S_ISREG(real.stat().st_mode):
+            return real
     except (RuntimeError, OSError):  # RuntimeError: "Symlink loop" (Python < 3.13)
-        return path.absolute()
+        pass
+    return path.absolute()
