@@ -125,3 +125,21 @@ def test_unknown_dataset_is_still_a_clear_error(home, tiny_model, shapes, tmp_pa
            IngestOptions(dataset="first", prompts="masks", annotations=shapes.annotations_path), progress=False)
     with pytest.raises(InputError, match="no dataset 'nope'.*first"):
         export_coco(home, tmp_path / "x.json", dataset=dataset, progress=False)
+
+
+def test_stats_cli_lists_every_dataset_of_an_image(tmp_path, tiny_model, shapes):
+    from typer.testing import CliRunner
+
+    from samsearch.cli import app
+    from samsearch.home import Home
+
+    with Home(tmp_path / "h") as home:
+        for name in ("first", "second"):
+            ingest(home, [shapes.images[0].path], tiny_model, IngestOptions(
+                dataset=name, prompts="masks", annotations=shapes.annotations_path), progress=False)
+        with home.db.session() as s:
+            n = len(list(s.scalars(select(Segment.id))))
+    out = CliRunner().invoke(app, ["--home", str(tmp_path / "h"), "stats"]).stdout
+    lines = [line.split() for line in out.splitlines()]
+    assert ["first", "1", "1", "0", str(n)] in lines and ["second", "1", "1", "0", str(n)] in lines
+    assert "(an image that belongs to several datasets counts in each)" in out
