@@ -48,7 +48,7 @@ from samsearch.ingest.containers import (
 from samsearch.ingest.options import PROMPT_MODES, SOURCE_OF_MODE, STAGES, IngestOptions
 from samsearch.ingest.store import SegmentWriter
 from samsearch.sam.accel import autocast, compile_encoder, fused_attention
-from samsearch.sam.encoder import EncodedImage, encode_resized, resize_image
+from samsearch.sam.encoder import EncodedImage, encode_resized, resize_image, too_thin
 from samsearch.sam.models import LoadedModel
 from samsearch.sam.pooling import RECIPE, embedding_space
 from samsearch.sam.segment import Segments, segment
@@ -260,16 +260,6 @@ class Ingestor:
                     if on_image is not None:
                         on_image(path)
         return summary
-
-
-def too_thin(size_hw: tuple[int, int], long_side: int) -> str | None:
-    """Why SAM cannot take an image this thin: its resize-longest-side (to ``long_side``, rounding half
-    up like ``ResizeLongestSide``) would make the short side 0 pixels. None when it can."""
-    h, w = int(size_hw[0]), int(size_hw[1])
-    if int(min(h, w) * long_side / max(h, w) + 0.5) >= 1:
-        return None
-    return (f"image is {w}x{h}: too thin for SAM (resized to {long_side} px on the long side, the short side "
-            "would be 0 pixels)")
 
 
 def _sync(model: LoadedModel) -> None:

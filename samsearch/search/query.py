@@ -388,7 +388,10 @@ def search_by_image(
     check_prompt(prompt, loaded.width, loaded.height, str(image))
     (filters or SearchFilters()).to_filter(loaded.content_hash)  # bad filters fail before SAM runs
     model = model_for_home(home, model, checkpoint, device)
-    emb = embed_prompted_segment(model, loaded.rgb, prompt)
+    try:
+        emb = embed_prompted_segment(model, loaded.rgb, prompt)
+    except InputError as exc:  # e.g. an image too thin for SAM: say which
+        raise InputError(f"{image}: {exc}") from None
     query = QueryInfo("image", emb.vector[None, :], image_path=str(image), image_hash=loaded.content_hash,
                       prompt=prompt.describe(), predicted_iou=emb.predicted_iou, rle=mask_to_rle(emb.mask))
     return _run(home, query, k, filters, min_score, started)

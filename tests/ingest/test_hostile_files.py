@@ -10,14 +10,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image as PILImage
 from sqlalchemy import select
 
 from samsearch.db import Image
+from samsearch.errors import InputError
 from samsearch.home import Home
-from samsearch.ingest.ingestor import ingest, too_thin
+from samsearch.ingest.ingestor import ingest
 from samsearch.ingest.options import IngestOptions
 from samsearch.jobs.work_queue import enqueue
+from samsearch.sam.encoder import too_thin
+from samsearch.search.query import search_by_image
 
 TIMEOUT = 240  # seconds; a FIFO read or /dev/zero would never return
 
@@ -62,6 +66,10 @@ def test_special_files_and_thin_images_are_recorded_failures(home: Home, tiny_mo
     assert stored[str(tmp_path / "in" / good.name)] == ("done", None)
     for path, fragment in expected.items():
         assert stored[path][0] == "failed" and stored[path][1].startswith(fragment)
+
+    # A search by an image too thin for SAM is a one-line error naming it (it used to be a traceback).
+    with pytest.raises(InputError, match=r"thin\.png: image is 3000x1: too thin for SAM"):
+        search_by_image(home, tmp_path / "in" / "thin.png", box=(0, 0, 100, 1), model=tiny_model)
 
     # The queue hashes files without reading special ones; the good image is stored already.
     queued = _in_time(lambda: enqueue(home, [tmp_path / "in"], "tiny-random", opts))
