@@ -12,7 +12,8 @@ from sqlalchemy import bindparam, select
 
 from samsearch.data.masks import rle_to_mask
 from samsearch.db import Image, ImageDataset, Segment
-from samsearch.errors import NotFoundError
+from samsearch.db.memberships import in_dataset
+from samsearch.errors import InputError, NotFoundError
 from samsearch.home import Home
 
 # Columns read for a segment: plain columns (no ORM entities), so fetching a page of hits stays cheap.
@@ -70,11 +71,16 @@ def fetch_segments(home: Home, ids: Sequence[str]) -> dict[str, SegmentInfo]:
     # A plain connection, not an ORM session: this sits on the search path, where every 0.1 ms shows.
     with home.db.engine.connect() as conn:
         rows = conn.execute(_BY_IDS, {"ids": list(ids)}).all()
-        datasets: dict[int, list[str]] = {}
-        if rows:
-            for image_id, name in conn.execute(_DATASETS, {"images": sorted({r.image_id for r in rows})}):
-                datasets.setdefault(image_id, []).append(name)
-        return {row.id: _info(row, datasets) for row in rows}
+        return {row.id: _info(row, _datasets(conn, rows)) for row in rows}
+
+
+def _datasets(conn: Any, rows: Sequence[Any]) -> dict[int, list[str]]:
+    """Image id -> its datasets, for the images of ``rows`` (one query)."""
+    datasets: dict[int, list[str]] = {}
+    if rows:
+        for image_id, name in conn.execute(_DATASETS, {"images": sorted({r.image_id for r in rows})}):
+            datasets.setdefault(image_id, []).append(name)
+    return datasets
 
 
 def get_segment(home: Home, segment_id: str) -> SegmentInfo:
@@ -82,3 +88,26 @@ def get_segment(home: Home, segment_id: str) -> SegmentInfo:
     if found is None:
         raise NotFoundError(f"no segment {segment_id!r} in {home.root}")
     return found
+
+
+def list_segments(home: Home, limit: int = 100, offset: int = 0, dataset: str | None = None,
+                  label: str | None = None, cluster: int | None = None) -> list[SegmentInfo]:
+    """One page of stored segments (ordered by image, then id), optionally only those of ``dataset``,
+    carrying ``label``, or in ``cluster``. Reads SQL only, so a page costs the same at any corpus size
+    up to the offset scan."""
+    if not 1 <= limit <= 1000:
+        raise InputError(f"limit must be 1..1000, got {limit}")
+    if offset < 0:
+        raise InputError(f"offset must be >= 0, got {offset}")
+    query = select(*_COLUMNS).join(Image, Image.id == Segment.image_id)
+    if dataset is not None:
+        query = query.where(in_dataset(dataset))  # membership: an image may belong to several
+    if label is not None:
+        query = query.where(Segment.label == label)
+    if cluster is not None:
+        query = query.where(Segment.cluster == cluster)
+    query = query.order_by(Segment.image_id, Segment.id).limit(limit).offset(offset)
+    with home.db.engine.connect() as conn:
+        rows = conn.execute(query).all()
+        datasets = _datasets(conn, rows)
+        return [_info(row, datasets) for row in rows]
