@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import select
 
 from samsearch.db import Image, Segment
+from samsearch.db.memberships import in_dataset
 from samsearch.home import Home
 
 DATASET = "demo"
@@ -105,7 +106,7 @@ def write_gallery(home: Home, folder: Path, k: int = 5) -> Path:
 
     with home.db.session() as s:
         rows = s.execute(select(Segment.id, Segment.label).join(Image, Image.id == Segment.image_id)
-                         .where(Image.dataset == DATASET).order_by(Segment.image_id, Segment.segment_index)).all()
+                         .where(in_dataset(DATASET)).order_by(Segment.image_id, Segment.segment_index)).all()
     queries: dict[str, str] = {}
     for sid, label in rows:
         queries.setdefault(label or "unlabeled", sid)

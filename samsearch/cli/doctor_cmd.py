@@ -11,7 +11,11 @@ def doctor(
     ctx: typer.Context,
     repair: bool = typer.Option(False, "--repair",
                                 help="Fix what is safe to fix: re-queue images whose vectors are missing, "
-                                     "delete vectors that have no segment, release expired leases."),
+                                     "delete vectors that have no segment, release expired leases, rewrite "
+                                     "payloads that disagree with SQL from SQL."),
+    full: bool = typer.Option(False, "--full",
+                              help="Compare the filtered payload fields (dataset, label, cluster, ...) of every "
+                                   "segment with SQL, not a sample of 2000."),
     allow_mass_delete: bool = typer.Option(
         False, "--allow-mass-delete",
         help="With --repair: delete orphan vectors even when the evidence could mean a wrong database (SQL "
@@ -20,14 +24,16 @@ def doctor(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Check that SQL and the vector store agree: segments missing a vector, vectors with no segment,
-    images stuck under an expired lease, and model mismatches.
+    payload fields filters read (dataset, label, cluster, ...) that differ from SQL (a sample, or every
+    segment with --full), images stuck under an expired lease, and model mismatches.
 
     Exit code 0 when all is well (or was repaired), 3 when problems remain.
     """
     from samsearch.reports.doctor import diagnose
 
     with cli_home(ctx) as home:
-        report = diagnose(home, repair=repair, progress=not quiet, allow_mass_delete=allow_mass_delete)
+        report = diagnose(home, repair=repair, progress=not quiet, allow_mass_delete=allow_mass_delete,
+                          full=full)
     if as_json:
         echo_json(report.as_dict())
     else:
@@ -45,6 +51,14 @@ def doctor(
         if r.running_without_lease:
             typer.echo(f"running, no lease: {r.running_without_lease} (a plain `ingest` runs or was interrupted: "
                        "re-run it)")
+        scope = "all" if r.full or r.payloads_checked >= r.segments else "a sample of"
+        typer.echo(f"payload contents:  {r.payload_mismatches} of {scope} {r.payloads_checked} segments disagree "
+                   "with SQL"
+                   + (f" ({', '.join(f'{k}: {n}' for k, n in sorted(r.mismatched_fields.items()))})"
+                      if r.mismatched_fields else "")
+                   + (f"; rewrote {fixed['payloads_rewritten']} from SQL" if "payloads_rewritten" in fixed else ""))
+        for line in r.mismatch_examples if not fixed.get("payloads_rewritten") else []:
+            typer.echo(f"  e.g. {line}")
         typer.echo(f"model:             {'; '.join(r.model_problems) if r.model_problems else 'consistent'}")
         for line in r.not_repaired:
             typer.echo(f"not repaired: {line}", err=True)

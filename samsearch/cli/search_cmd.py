@@ -83,7 +83,7 @@ def _gallery(results: Any, out: Path) -> Path:
     for h in results.hits:
         x, y, w, hh = h.bbox_xywh
         items.append(GalleryItem(h.image_path, h.rle, [
-            f"{h.label or h.annotation_category or 'unlabeled'} · {h.dataset}",
+            f"{h.label or h.annotation_category or 'unlabeled'} · {', '.join(h.datasets) or h.dataset}",
             f"bbox {x:g},{y:g},{w:g},{hh:g} · area {h.area}",
             Path(h.image_path).name,
             h.segment_id,

@@ -33,6 +33,8 @@ def stats(
             st = d["by_status"]
             typer.echo(f"{name:<24} {d['images']:>8} {st.get('done', 0):>8} {st.get('failed', 0):>8} "
                        f"{d['segments']:>10}")
+        if sum(d["images"] for d in data["datasets"].values()) > data["images"]:
+            typer.echo("(an image that belongs to several datasets counts in each)")
     if data["failures"]:
         typer.echo("")
         typer.echo("failed images:")

@@ -33,6 +33,7 @@ import glob
 import hashlib
 import io
 import os
+import stat
 import struct
 import threading
 from collections.abc import Iterator, Sequence
@@ -114,10 +115,37 @@ class LoadedImage:
     file_size: int
 
 
+def display_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as text that any store and terminal accepts: bytes of a file name that are not valid
+    UTF-8 (Python keeps them as lone surrogates) are shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def not_a_regular_file(mode: int) -> str | None:
+    """Why a file of this ``st_mode`` is no image file (a FIFO would block a read, a device could be
+    read forever), or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a directory" if stat.S_ISDIR(mode) else "not a regular file")
+    return f"unreadable: {kind}, not a regular file"
+
+
 def read_bytes_and_hash(path: str | os.PathLike[str]) -> tuple[bytes, str]:
-    """Return the file's bytes and their sha256 hex digest; unreadable files raise ImageLoadError."""
+    """Return the file's bytes and their sha256 hex digest; unreadable files raise ImageLoadError. Only
+    regular files are read: the file is opened non-blocking (a FIFO without a writer returns at once) and
+    checked with ``fstat`` before any byte is read."""
     try:
-        data = Path(path).read_bytes()
+        if display_path(path) != os.fspath(path):
+            raise ImageLoadError(display_path(path), "file name is not valid UTF-8 (rename the file)")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as f:
+            why = not_a_regular_file(os.fstat(f.fileno()).st_mode)
+            if why is not None:
+                raise ImageLoadError(path, why)
+            os.set_blocking(f.fileno(), True)
+            data = f.read()
     except FileNotFoundError:
         raise ImageLoadError(path, "unreadable: no such file") from None
     except IsADirectoryError:
@@ -292,8 +320,8 @@ def collect_image_paths(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
         path = Path(text).expanduser()
         if path.is_dir():
             found.update(_walk_images(path))
-        elif path.exists():
-            found.add(path.resolve())
+        elif path.exists() or path.is_symlink():  # a symlink loop "does not exist": read it to say why
+            found.add(_resolved(path))
         elif _GLOB_CHARS.intersection(text):
             matches = glob.glob(os.path.expanduser(text), recursive=True)
             if not matches:
@@ -302,8 +330,8 @@ def collect_image_paths(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
                 m = Path(match)
                 if m.is_dir():
                     found.update(_walk_images(m))
-                elif m.suffix.lower() in IMAGE_EXTENSIONS and m.exists():
-                    found.add(m.resolve())
+                elif m.suffix.lower() in IMAGE_EXTENSIONS and (m.exists() or m.is_symlink()):
+                    found.add(_resolved(m))
         else:
             raise FileNotFoundError(f"{text}: no such file, folder or matching glob")
     return sorted(found)
@@ -316,4 +344,16 @@ def _walk_images(folder: Path) -> Iterator[Path]:
             if name.startswith("."):
                 continue
             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                yield Path(root, name).resolve()
+                yield _resolved(Path(root, name))
+
+
+def _resolved(path: Path) -> Path:
+    """The absolute path with symlinks resolved, unless that leads nowhere readable: a symlink loop, or a
+    link to a device or FIFO, stays as named (reading it then fails and is recorded under that name)."""
+    try:
+        real = path.resolve()
+        if stat.S_ISREG(real.stat().st_mode):
+            return real
+    except (RuntimeError, OSError):  # RuntimeError: "Symlink loop" (Python < 3.13)
+        pass
+    return path.absolute()

@@ -11,6 +11,7 @@ from samsearch.db.schema import (
     ClusterName,
     ClusterRun,
     Image,
+    ImageDataset,
     ImageStatus,
     Ingestion,
     Meta,
@@ -21,6 +22,6 @@ from samsearch.db.schema import (
 
 __all__ = [
     "Bank", "BankClass", "BankVector", "Base", "ClusterName", "ClusterRun", "Database", "Image",
-    "ImageStatus", "Ingestion", "Meta", "Run", "Segment", "SegmentCluster", "default_sqlite_url",
+    "ImageDataset", "ImageStatus", "Ingestion", "Meta", "Run", "Segment", "SegmentCluster", "default_sqlite_url",
     "open_database",
 ]

@@ -23,6 +23,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
+    insert,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -83,6 +85,7 @@ class Image(Base):
     file_size: Mapped[int | None] = mapped_column(BigInteger)
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
+    # The first dataset the image joined (kept for compatibility); membership is ``image_datasets``.
     dataset: Mapped[str] = mapped_column(String(200), index=True, default="default")
     status: Mapped[str] = mapped_column(String(16), index=True, default=ImageStatus.pending.value)
     error: Mapped[str | None] = mapped_column(Text)
@@ -94,6 +97,24 @@ class Image(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
     segments: Mapped[list[Segment]] = relationship(back_populates="image", passive_deletes=True)
+
+
+class ImageDataset(Base):
+    """Membership: the image belongs to the named dataset. A dataset is a named set of images, and the
+    same file may belong to several; every filter by dataset reads this table (SQL) or the payload's
+    ``dataset`` list, which mirrors it. A new image row joins its ``dataset`` (see the event below)."""
+
+    __tablename__ = "image_datasets"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    dataset: Mapped[str] = mapped_column(String(200), primary_key=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+@event.listens_for(Image, "after_insert")
+def _join_first_dataset(_mapper, connection, target: Image) -> None:
+    """An image created through the ORM belongs to its ``dataset`` (bulk inserts add the row themselves)."""
+    connection.execute(insert(ImageDataset.__table__).values(image_id=target.id, dataset=target.dataset,
+                                                             created_at=utcnow()))
 
 
 class Ingestion(Base):

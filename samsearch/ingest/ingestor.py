@@ -27,7 +27,13 @@ from pathlib import Path
 import torch
 
 from samsearch.data.coco import AnnotationError, CocoAnnotations, load_coco
-from samsearch.data.imageio import ImageLoadError, collect_image_paths, decode_image, read_bytes_and_hash
+from samsearch.data.imageio import (
+    ImageLoadError,
+    collect_image_paths,
+    decode_image,
+    display_path,
+    read_bytes_and_hash,
+)
 from samsearch.db.runs import recorded_run
 from samsearch.errors import InputError
 from samsearch.home import SEGMENTS, Home
@@ -43,7 +49,7 @@ from samsearch.ingest.containers import (
 from samsearch.ingest.options import PROMPT_MODES, SOURCE_OF_MODE, STAGES, IngestOptions
 from samsearch.ingest.store import SegmentWriter
 from samsearch.sam.accel import autocast, compile_encoder, fused_attention
-from samsearch.sam.encoder import EncodedImage, encode_resized, resize_image
+from samsearch.sam.encoder import EncodedImage, encode_resized, resize_image, too_thin
 from samsearch.sam.models import LoadedModel
 from samsearch.sam.pooling import RECIPE, embedding_space
 from samsearch.sam.segment import Segments, segment
@@ -148,6 +154,10 @@ class Ingestor:
             self._fail(summary, image_id, path, content_hash, len(data), exc.reason, run_id, owner)
             return None
         timings["decode"] += time.perf_counter() - t0
+        thin = too_thin(rgb.shape[:2], self.model.sam.image_encoder.img_size)
+        if thin is not None:
+            self._fail(summary, image_id, path, content_hash, len(data), thin, run_id, owner)
+            return None
 
         annotated = None
         if self.coco is not None:
@@ -220,7 +230,7 @@ class Ingestor:
         mark_failed(self.home, image_id, path, content_hash, size, reason, self.options.dataset, run_id,
                     owner)  # LeaseLost: not ours
         summary.images_failed += 1
-        summary.failures.append(Failure(str(path), reason))
+        summary.failures.append(Failure(display_path(path), reason))
 
     def run(self, inputs: Sequence[str | Path], progress: bool = True,
             on_image: Callable[[Path], None] | None = None) -> IngestSummary:

@@ -19,6 +19,7 @@ from sqlalchemy import delete, insert, or_, select, update
 
 from samsearch.data.masks import masks_to_rles
 from samsearch.db import Image, ImageStatus, Ingestion, Segment
+from samsearch.db.memberships import datasets_of
 from samsearch.db.schema import utcnow
 from samsearch.faults import fault_point
 from samsearch.home import SEGMENTS, Home
@@ -38,6 +39,7 @@ class _Staged:
     payloads: list[dict[str, Any]]
     ids: list[str]
     vectors: np.ndarray
+    datasets: list[str]  # the image's datasets the payloads name
 
 
 class SegmentWriter:
@@ -54,7 +56,9 @@ class SegmentWriter:
         """Write images: the vectors of all of them in one upsert (one flush), then per image its segments,
         ingestion marker and ``done`` in one SQL transaction: an image is done only after its vectors are
         durable. Each item carries the summary and timings its counts go to."""
-        staged = [self._stage(item) for item in items]
+        with self.home.db.session() as s:
+            names = datasets_of(s, [item.prepared.image_id for item in items])
+        staged = [self._stage(item, names.get(item.prepared.image_id) or [self.dataset]) for item in items]
 
         t0 = time.perf_counter()
         for st in staged:
@@ -79,12 +83,13 @@ class SegmentWriter:
             fault_point("after_vectors")
             t0 = time.perf_counter()
             prepared = st.item.prepared
-            self._commit(prepared, run_id, st.rows, (int(prepared.rgb.shape[0]), int(prepared.rgb.shape[1])))
+            self._commit(prepared, run_id, st.rows, (int(prepared.rgb.shape[0]), int(prepared.rgb.shape[1])),
+                         st.ids, st.datasets)
             st.item.timings["sql"] += time.perf_counter() - t0
             st.item.summary.images_ingested += 1
             st.item.summary.segments += len(st.rows)
 
-    def _stage(self, item: StoreItem) -> _Staged:
+    def _stage(self, item: StoreItem, datasets: list[str]) -> _Staged:
         t0 = time.perf_counter()
         computed = item.computed
         masks_np = computed.masks_host().numpy()  # waits for an early copy to host, if one was started
@@ -92,9 +97,9 @@ class SegmentWriter:
         valid_np = computed.valid.cpu().numpy()
         item.timings["transfer"] += time.perf_counter() - t0
         rows, payloads, ids = self._segment_rows(computed.seg, masks_np, valid_np, item.prepared.image_id,
-                                                 item.prepared.content_hash, item.timings)
+                                                 item.prepared.content_hash, datasets, item.timings)
         item.summary.empty_masks_dropped += int((~valid_np).sum())
-        return _Staged(item, rows, payloads, ids, vectors_np[valid_np])
+        return _Staged(item, rows, payloads, ids, vectors_np[valid_np], datasets)
 
     def _delete_stale_vectors(self, item: PreparedImage, ids: list[str]) -> None:
         """After an earlier attempt at this image, delete the points it left beyond this attempt's ids.
@@ -120,14 +125,18 @@ class SegmentWriter:
                                           if v is not None})
 
     def _commit(self, item: PreparedImage, run_id: int, rows: list[dict[str, Any]],
-                size_hw: tuple[int, int]) -> None:
+                size_hw: tuple[int, int], ids: list[str], datasets: list[str]) -> None:
         """Segments, the ingestion marker and ``done`` in one transaction. Rows that already exist (a
         redone image) are updated in place, so their label and cluster fields survive; rows beyond
-        the new set are deleted."""
+        the new set are deleted. With the image row locked, the payloads' dataset list is checked
+        against SQL once more (another run may have added the image to a dataset meanwhile)."""
         with self.home.db.session() as s:
-            img = s.get(Image, item.image_id, with_for_update=item.lease_owner is not None)
+            img = s.get(Image, item.image_id, with_for_update=True)
             if item.lease_owner is not None:
                 check_lease(img, item.lease_owner)
+            now = datasets_of(s, [item.image_id]).get(item.image_id) or datasets
+            if now != datasets and ids:
+                self.home.vectors.set_payload(SEGMENTS, ids, {"dataset": now})
             existing = set(s.scalars(select(Segment.id).where(
                 Segment.image_id == item.image_id, Segment.settings_hash == self.settings_hash)))
             new_ids = {r["id"] for r in rows}
@@ -153,7 +162,7 @@ class SegmentWriter:
             img.lease_expires_at = None
 
     def _segment_rows(self, seg: Segments, masks_np: np.ndarray, valid: np.ndarray, image_id: int,
-                      content_hash: str, timings: dict[str, float]):
+                      content_hash: str, datasets: list[str], timings: dict[str, float]):
         t0 = time.perf_counter()
         keep = np.flatnonzero(valid)
         rles = masks_to_rles(masks_np[keep]) if len(keep) else []
@@ -175,7 +184,7 @@ class SegmentWriter:
                 "created_at": utcnow(),
             })
             payloads.append({
-                "image_id": image_id, "image_hash": content_hash, "dataset": self.dataset,
+                "image_id": image_id, "image_hash": content_hash, "dataset": list(datasets),
                 "settings_hash": self.settings_hash, "source": self.source, "area": int(areas[j]),
             })
         timings["rle"] += time.perf_counter() - t0

@@ -37,13 +37,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from samsearch.data.coco import AnnotationError, load_coco
-from samsearch.data.imageio import collect_image_paths
-from samsearch.db import Image, ImageStatus, Ingestion, Run
+from samsearch.data.imageio import collect_image_paths, display_path, not_a_regular_file
+from samsearch.db import Image, ImageDataset, ImageStatus, Ingestion, Run
+from samsearch.db.memberships import in_dataset
 from samsearch.db.schema import utcnow
 from samsearch.errors import InputError, SamsearchError
 from samsearch.home import Home
 from samsearch.identity import ModelRef
 from samsearch.ingest.claim import unreadable_key
+from samsearch.ingest.membership import join_dataset
 from samsearch.ingest.options import PROMPT_MODES, IngestOptions
 from samsearch.sam.amg import AmgSettings
 from samsearch.sam.models import model_ref, sha256_file
@@ -106,8 +108,14 @@ class EnqueueSummary:
 
 def _hash_file(path: Path) -> tuple[Path, int, str] | tuple[Path, None, str]:
     """(path, size, sha256) or (path, None, reason): streamed, so big files are not held in memory."""
+    if display_path(path) != str(path):
+        return path, None, "file name is not valid UTF-8 (rename the file)"
     try:
-        return path, path.stat().st_size, sha256_file(path)
+        st = path.stat()
+        why = not_a_regular_file(st.st_mode)  # a FIFO would block the hashing, a device never end it
+        if why is not None:
+            return path, None, why
+        return path, st.st_size, sha256_file(path)
     except FileNotFoundError:
         return path, None, "unreadable: no such file"
     except IsADirectoryError:
@@ -225,16 +233,20 @@ def _enqueue_chunk(home: Home, hashed: list, dataset: str, settings_hash: str, s
                 summary.enqueued += 1
         for key, (path, reason) in unreadable.items():
             summary.unreadable += 1
-            summary.failures.append({"path": str(path), "reason": reason})
+            summary.failures.append({"path": display_path(path), "reason": reason})
             img = existing.get(key)
             if img is None:
-                new_rows.append({"content_hash": key, "path": str(path), "file_size": None, "dataset": dataset,
+                new_rows.append({"content_hash": key, "path": display_path(path), "file_size": None, "dataset": dataset,
                                  "status": FAILED, "error": reason, "attempts": 0, "run_id": summary.run_id,
                                  "created_at": now, "updated_at": now})
             else:
                 img.status, img.error, img.run_id = FAILED, reason, summary.run_id
         _insert_ignoring_duplicates(s, new_rows)
         summary.enqueued += sum(r["status"] == PENDING for r in new_rows)
+    # Every listed image belongs to ``dataset`` now, also one stored already (no SAM: SQL + payloads).
+    with home.db.session() as s:
+        ids = list(s.scalars(select(Image.id).where(Image.content_hash.in_(keys))))
+    join_dataset(home, ids, dataset)
 
 
 def _aware(ts: Any) -> Any:
@@ -375,7 +387,7 @@ def retry_failed(home: Home, dataset: str | None = None) -> dict[str, int]:
     with home.db.session() as s:
         cond = [Image.status == FAILED, Image.run_id.is_not(None)]
         if dataset is not None:
-            cond.append(Image.dataset == dataset)
+            cond.append(in_dataset(dataset))
         unhashed = s.scalar(select(func.count()).select_from(Image).where(
             *cond, Image.content_hash.like("path:%")))
         res = s.execute(
@@ -400,10 +412,12 @@ def queue_status(home: Home) -> dict[str, Any]:
         now = _now(s)
         by_status = {st: 0 for st in (PENDING, RUNNING, DONE, FAILED)}
         datasets: dict[str, dict[str, int]] = {}
-        for dataset, status, n in s.execute(
-            select(Image.dataset, Image.status, func.count()).group_by(Image.dataset, Image.status)
-        ):
+        for status, n in s.execute(select(Image.status, func.count()).group_by(Image.status)):
             by_status[status] = by_status.get(status, 0) + n
+        for dataset, status, n in s.execute(  # an image counts in each of its datasets
+            select(ImageDataset.dataset, Image.status, func.count()).join(Image, Image.id == ImageDataset.image_id)
+            .group_by(ImageDataset.dataset, Image.status)
+        ):
             datasets.setdefault(dataset, {st: 0 for st in (PENDING, RUNNING, DONE, FAILED)})[status] = n
         expired = s.scalar(select(func.count()).select_from(Image).where(
             Image.status == RUNNING, Image.lease_expires_at < now))

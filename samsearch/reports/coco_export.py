@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, literal, select
 
 from samsearch.bank.store import UNKNOWN
 from samsearch.db import Image, ImageStatus, Segment
+from samsearch.db.memberships import has_dataset, in_dataset, known_datasets
 from samsearch.errors import InputError
 from samsearch.home import Home
 
@@ -48,7 +49,7 @@ class ExportSummary:
 def _segment_filter(dataset: str | None, labeled_only: bool, min_score: float | None) -> list[Any]:
     conds: list[Any] = []
     if dataset is not None:
-        conds.append(Image.dataset == dataset)
+        conds.append(in_dataset(dataset))
     if labeled_only:
         conds += [Segment.label.is_not(None), Segment.label != UNKNOWN]
     if min_score is not None:
@@ -71,17 +72,18 @@ def export_coco(home: Home, out: Path | str, dataset: str | None = None, labeled
     base = Path(relative_to).resolve() if relative_to is not None else None
     seg_conds = _segment_filter(dataset, labeled_only, min_score)
     with home.db.session() as s:
-        if dataset is not None and not s.execute(select(Image.id).where(Image.dataset == dataset).limit(1)).first():
-            known = s.execute(select(Image.dataset).distinct().order_by(Image.dataset)).scalars().all()
+        if dataset is not None and not has_dataset(s, dataset):
+            known = known_datasets(s)
             raise InputError(f"no dataset {dataset!r} in this home (datasets: {', '.join(known) or 'none'})")
         labels = s.execute(
-            select(func.coalesce(Segment.label, UNLABELED), func.count())
+            # the literal is inlined: Postgres must see GROUP BY's expression equal to the SELECT's
+            select(func.coalesce(Segment.label, literal(UNLABELED, literal_execute=True)), func.count())
             .join(Image, Image.id == Segment.image_id).where(*seg_conds)
-            .group_by(func.coalesce(Segment.label, UNLABELED))
+            .group_by(func.coalesce(Segment.label, literal(UNLABELED, literal_execute=True)))
         ).all()
         image_conds = [Image.status == ImageStatus.done.value]
         if dataset is not None:
-            image_conds.append(Image.dataset == dataset)
+            image_conds.append(in_dataset(dataset))
         images = s.execute(select(Image.id, Image.path, Image.width, Image.height)
                            .where(*image_conds).order_by(Image.id)).all()
         total = sum(n for _, n in labels)

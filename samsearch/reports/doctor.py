@@ -18,19 +18,32 @@ Checks (each streamed in batches, so it scales with the store, not with memory):
 * **expired leases**: images ``running`` under a lease that ran out (a dead worker). Repair: back to
   ``pending``. Images ``running`` without a lease come from a plain ``ingest`` that is running or was
   interrupted: they are reported (re-run that ingest), not changed.
+* **payload contents**: every payload field a filter reads (``dataset``, ``image_id``, ``image_hash``,
+  ``settings_hash``, ``source``, ``area``, ``label``, ``label_score``, ``label_source``, ``bank``,
+  ``cluster``) against what SQL says (``image_datasets``, ``images``, ``segments``); on a sample of
+  :data:`SAMPLE` segments by default (runs of consecutive ids from random starting points; every segment
+  when there are no more than that), every segment with ``full``. Segments of images being processed now
+  are skipped. Repair: the payloads are rewritten from SQL, the source of truth (this also clears the
+  cluster ids a killed ``cluster`` run left in payloads that SQL does not have).
 * **model mismatch**: segment rows, queued runs or the vector collection that disagree with the home's
   embedding space. Not repairable automatically (it needs a decision: another home, or a re-ingest).
 """
 
 from __future__ import annotations
 
+import math
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select
 
+from samsearch.bank.classify import PAYLOAD_SCORE_DECIMALS
 from samsearch.db import Image, ImageStatus, Ingestion, Run, Segment
+from samsearch.db.memberships import datasets_of
 from samsearch.home import SEGMENTS, Home
+from samsearch.ingest.options import LABEL_PAYLOAD_KEYS
 from samsearch.jobs.work_queue import release_expired
 from samsearch.vectors import VectorStoreError
 from samsearch.vectors.server import safe_url
@@ -40,6 +53,12 @@ PAGE = 1000
 # store's (SAMSEARCH_DATABASE_URL pointing elsewhere, a restored backup): repair refuses to delete them.
 MASS_DELETE_FRACTION = 0.5
 MASS_DELETE_COUNT = 1000
+SAMPLE = 2000  # segments whose payloads a default (not --full) run compares
+SAMPLE_RUN = 100  # consecutive ids read from each random starting point of the sample
+# Payload fields filters read, and the SQL value each must equal (a missing key equals None).
+SCORE_TOLERANCE = 0.5 * 10 ** -PAYLOAD_SCORE_DECIMALS + 1e-6
+CONTENT_FIELDS = ("image_id", "image_hash", "dataset", "settings_hash", "source", "area",
+                  *LABEL_PAYLOAD_KEYS.values())
 
 
 @dataclass
@@ -59,10 +78,16 @@ class DoctorReport:
     not_repaired: list[str] = field(default_factory=list)
     images: int = 0
     refused_delete: str | None = None  # why --repair kept the orphan vectors
+    full: bool = False  # payload contents compared for every segment (else a sample)
+    payloads_checked: int = 0
+    payload_mismatches: int = 0  # segments whose payload disagrees with SQL on a filtered field
+    mismatched_fields: dict[str, int] = field(default_factory=dict)  # field -> segments
+    mismatch_examples: list[str] = field(default_factory=list)
 
     @property
     def problems(self) -> int:
-        return self.missing_vectors + self.orphan_vectors + self.expired_leases + len(self.model_problems)
+        return (self.missing_vectors + self.orphan_vectors + self.expired_leases + len(self.model_problems)
+                + self.payload_mismatches)
 
     @property
     def healthy_after_repair(self) -> bool:
@@ -73,7 +98,8 @@ class DoctorReport:
             return False
         fixed = (self.repaired.get("images_requeued", 0) >= self.images_missing_vectors
                  and self.repaired.get("orphan_vectors_deleted", 0) >= self.orphan_vectors
-                 and self.repaired.get("leases_released", 0) >= self.expired_leases)
+                 and self.repaired.get("leases_released", 0) >= self.expired_leases
+                 and self.repaired.get("payloads_rewritten", 0) >= self.payload_mismatches)
         return fixed and not self.model_problems and not self.not_repaired
 
     def as_dict(self) -> dict[str, Any]:
@@ -84,15 +110,17 @@ class DoctorReport:
 
 
 def diagnose(home: Home, repair: bool = False, progress: bool = False,
-             allow_mass_delete: bool = False) -> DoctorReport:
+             allow_mass_delete: bool = False, full: bool = False) -> DoctorReport:
     """Compare SQL and the vector store of ``home``; with ``repair``, fix what can be fixed safely.
+    Payload contents are compared on a sample, or for every segment with ``full``.
 
     Orphan vectors are deleted only when :func:`mass_delete_reason` finds nothing suspicious, or when
     ``allow_mass_delete`` says the caller has checked that this SQL database belongs to this store.
     """
     from tqdm import tqdm
 
-    report = DoctorReport(home.db.safe_url, safe_url(home.qdrant_url) if home.qdrant_url else "qdrant-edge")
+    report = DoctorReport(home.db.safe_url, safe_url(home.qdrant_url) if home.qdrant_url else "qdrant-edge",
+                          full=full)
     _check_model(home, report)
     _check_leases(home, report, repair)
     has_vectors = home.vectors.has_collection(SEGMENTS)
@@ -105,6 +133,7 @@ def diagnose(home: Home, repair: bool = False, progress: bool = False,
         _check_missing(home, report, repair, has_vectors, bar)
         if has_vectors:
             _check_orphans(home, report, False, bar)  # count only; delete below if it is safe
+            _check_contents(home, report, repair, full)
     finally:
         bar.close()
     if repair and report.orphan_vectors:
@@ -248,3 +277,107 @@ def _check_orphans(home: Home, report: DoctorReport, repair: bool, bar: Any) -> 
     if repair and report.orphan_vectors:
         report.repaired["orphan_vectors_deleted"] = deleted
 
+
+
+# -- payload contents ------------------------------------------------------------------------------
+
+
+@dataclass
+class PayloadMismatch:
+    segment_id: str
+    fields: list[str]  # the fields that disagree
+    expected: dict[str, Any]  # what SQL says, every field of CONTENT_FIELDS
+    payload: dict[str, Any]  # what the store holds
+
+
+def _same(field_name: str, want: Any, got: Any) -> bool:
+    if field_name == "dataset" and isinstance(got, str):
+        got = [got]  # payloads written before datasets became lists
+    if field_name == "label_score" and isinstance(want, float) and isinstance(got, (int, float)):
+        return abs(want - got) <= SCORE_TOLERANCE  # labeling writes it rounded (PAYLOAD_SCORE_DECIMALS)
+    if isinstance(want, float) and isinstance(got, (int, float)):
+        return math.isclose(want, got, rel_tol=1e-6, abs_tol=1e-9)
+    return want == got
+
+
+def _segment_pages(home: Home, full: bool, sample: int) -> Iterator[list[Any]]:
+    """Pages of (segment columns, image hash, image status, image dataset) rows: all of them by id, or
+    a sample (every row when there are no more than ``sample``)."""
+    cols = (Segment.id, Segment.image_id, Segment.settings_hash, Segment.source, Segment.area,
+            *(getattr(Segment, c) for c in LABEL_PAYLOAD_KEYS), Image.content_hash, Image.status, Image.dataset)
+    base = select(*cols).join(Image, Image.id == Segment.image_id)
+    if not full:
+        with home.db.session() as s:
+            total = int(s.scalar(select(func.count()).select_from(Segment)) or 0)
+        if total > sample:
+            seen: set[str] = set()
+            for _ in range(math.ceil(sample / SAMPLE_RUN)):
+                start = str(uuid.uuid4())  # segment ids are UUIDs: a uniform random point among them
+                with home.db.session() as s:
+                    rows = s.execute(base.where(Segment.id >= start).order_by(Segment.id).limit(SAMPLE_RUN)).all()
+                    if len(rows) < SAMPLE_RUN:  # past the last id: wrap around to the first ones
+                        rows += s.execute(base.where(Segment.id < start).order_by(Segment.id)
+                                          .limit(SAMPLE_RUN - len(rows))).all()
+                rows = [r for r in rows if r.id not in seen]
+                seen.update(r.id for r in rows)
+                if rows:
+                    yield rows
+            return
+    last = ""
+    while True:
+        with home.db.session() as s:
+            rows = s.execute(base.where(Segment.id > last).order_by(Segment.id).limit(PAGE)).all()
+        if not rows:
+            return
+        last = rows[-1].id
+        yield rows
+
+
+def compare_payloads(home: Home, full: bool = True, sample: int = SAMPLE) -> tuple[int, list[PayloadMismatch]]:
+    """(segments compared, those whose payload disagrees with SQL on a field a filter reads). Segments of
+    images being processed now and segments without a vector (see the missing-vectors check) are skipped."""
+    checked, found = 0, []
+    for rows in _segment_pages(home, full, sample):
+        rows = [r for r in rows if r.status != ImageStatus.running.value]
+        with home.db.session() as s:
+            names = datasets_of(s, {r.image_id for r in rows})
+        payloads = {r.id: r.payload for r in home.vectors.retrieve(SEGMENTS, [r.id for r in rows])}
+        for r in rows:
+            if r.id not in payloads:
+                continue
+            checked += 1
+            expected = {"image_id": r.image_id, "image_hash": r.content_hash, "settings_hash": r.settings_hash,
+                        "source": r.source, "area": r.area, "dataset": names.get(r.image_id) or [r.dataset],
+                        **{key: getattr(r, col) for col, key in LABEL_PAYLOAD_KEYS.items()}}
+            got = payloads[r.id]
+            bad = [f for f in CONTENT_FIELDS if not _same(f, expected[f], got.get(f))]
+            if bad:
+                found.append(PayloadMismatch(r.id, bad, expected, got))
+    return checked, found
+
+
+def _check_contents(home: Home, report: DoctorReport, repair: bool, full: bool) -> None:
+    report.payloads_checked, found = compare_payloads(home, full)
+    report.payload_mismatches = len(found)
+    for m in found:
+        for f in m.fields:
+            report.mismatched_fields[f] = report.mismatched_fields.get(f, 0) + 1
+    report.mismatch_examples = [
+        f"{m.segment_id}: " + ", ".join(f"{f} is {m.payload.get(f)!r}, SQL says {m.expected[f]!r}" for f in m.fields)
+        for m in found[:5]]
+    if repair and found:
+        report.repaired["payloads_rewritten"] = rewrite_payloads(home, found)
+
+
+def rewrite_payloads(home: Home, mismatches: list[PayloadMismatch]) -> int:
+    """Write SQL's values of every filtered field into the payloads (one set_payload per distinct value
+    set); a field SQL has no value for is written as null, which no Match filter selects."""
+    groups: dict[str, tuple[list[str], dict[str, Any]]] = {}
+    for m in mismatches:
+        payload = dict(m.expected)
+        if isinstance(payload.get("label_score"), float):  # as labeling writes it: few distinct payloads
+            payload["label_score"] = round(payload["label_score"], PAYLOAD_SCORE_DECIMALS)
+        key = repr(sorted(payload.items()))
+        groups.setdefault(key, ([], payload))[0].append(m.segment_id)
+    home.vectors.set_payloads(SEGMENTS, [(ids, payload) for ids, payload in groups.values()])
+    return len(mismatches)

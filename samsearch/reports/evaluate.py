@@ -37,6 +37,7 @@ from sqlalchemy import select
 from samsearch.data.coco import AnnotationError, load_coco
 from samsearch.data.masks import annotation_to_mask, box_xywh_to_xyxy, mask_to_rle
 from samsearch.db import Image, ImageStatus, Segment
+from samsearch.db.memberships import in_dataset
 from samsearch.errors import InputError
 from samsearch.home import Home
 from samsearch.reports.coco_export import UNLABELED
@@ -92,7 +93,7 @@ def evaluate(home: Home, annotations: Path | str, dataset: str | None = None, io
     with home.db.session() as s:
         conds = [Image.status == ImageStatus.done.value]
         if dataset is not None:
-            conds.append(Image.dataset == dataset)
+            conds.append(in_dataset(dataset))
         query = select(Image.id, Image.path).where(*conds).order_by(Image.id)
         if source is not None:
             query = query.where(Image.id.in_(select(Segment.image_id).where(Segment.source == source)))

@@ -36,7 +36,7 @@ from sqlalchemy import select, text
 from samsearch.cluster.job import NOISE, current_run_name, find_run
 from samsearch.data.imageio import ImageLoadError, load_image
 from samsearch.data.masks import rle_to_mask
-from samsearch.db import ClusterName, Image, Segment
+from samsearch.db import ClusterName, Image, ImageDataset, Segment
 from samsearch.errors import InputError
 from samsearch.home import Home
 
@@ -118,7 +118,8 @@ def _legend(home: Home, by: By, run_id: int | None, dataset: str | None) -> list
                                 (128, 128, 128) if c == NOISE else color_for(c), c) for c in clusters]
         stmt = select(Segment.label).where(Segment.label.is_not(None)).distinct()
         if dataset is not None:
-            stmt = stmt.join(Image, Image.id == Segment.image_id).where(Image.dataset == dataset)
+            stmt = stmt.where(Segment.image_id.in_(select(ImageDataset.image_id)
+                                                   .where(ImageDataset.dataset == dataset)))
         labels = sorted(s.execute(stmt).scalars().all())
         return [LegendEntry(i + 1, lab, color_for(i)) for i, lab in enumerate(labels)]
 
@@ -129,8 +130,7 @@ def _scope(by: By, dataset: str | None) -> str:
            else "FROM segments sg ")
     where = ["sc.run_id = :rid" if by == "cluster" else "sg.label IS NOT NULL"]
     if dataset is not None:
-        sql += "JOIN images im ON im.id = sg.image_id "
-        where.append("im.dataset = :dataset")
+        where.append("sg.image_id IN (SELECT image_id FROM image_datasets WHERE dataset = :dataset)")
     return sql + "WHERE " + " AND ".join(where)
 
 

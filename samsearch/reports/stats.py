@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from samsearch.db import Image, Run, Segment
+from samsearch.db import Image, ImageDataset, Run, Segment
 from samsearch.home import SEGMENTS, Home
 from samsearch.vectors.server import safe_url
 
@@ -14,15 +14,17 @@ from samsearch.vectors.server import safe_url
 def collect_stats(home: Home, max_failures: int = 50) -> dict[str, Any]:
     with home.db.session() as s:
         by_dataset: dict[str, dict[str, Any]] = {}
+        # An image counts in each dataset it belongs to (image_datasets), and so do its segments.
         for dataset, status, n in s.execute(
-            select(Image.dataset, Image.status, func.count()).group_by(Image.dataset, Image.status)
+            select(ImageDataset.dataset, Image.status, func.count()).join(Image, Image.id == ImageDataset.image_id)
+            .group_by(ImageDataset.dataset, Image.status)
         ):
             entry = by_dataset.setdefault(dataset, {"images": 0, "segments": 0, "by_status": {}})
             entry["images"] += n
             entry["by_status"][status] = n
         for dataset, n in s.execute(
-            select(Image.dataset, func.count(Segment.id)).join(Segment, Segment.image_id == Image.id)
-            .group_by(Image.dataset)
+            select(ImageDataset.dataset, func.count(Segment.id))
+            .join(Segment, Segment.image_id == ImageDataset.image_id).group_by(ImageDataset.dataset)
         ):
             by_dataset.setdefault(dataset, {"images": 0, "segments": 0, "by_status": {}})["segments"] = n
         by_model = {k: n for k, n in s.execute(select(Segment.model_key, func.count()).group_by(Segment.model_key))}

@@ -27,8 +27,22 @@ def resize_transform(sam: Sam) -> ResizeLongestSide:
     return ResizeLongestSide(sam.image_encoder.img_size)
 
 
+def too_thin(size_hw: tuple[int, int], long_side: int) -> str | None:
+    """Why SAM cannot take an image this thin: its resize-longest-side (to ``long_side``, rounding half
+    up like ``ResizeLongestSide``) would make the short side 0 pixels. None when it can."""
+    h, w = int(size_hw[0]), int(size_hw[1])
+    if h > 0 and w > 0 and int(min(h, w) * long_side / max(h, w) + 0.5) >= 1:
+        return None
+    return (f"image is {w}x{h}: too thin for SAM (resized to {long_side} px on the long side, the short side "
+            "would be 0 pixels)")
+
+
 def resize_image(sam: Sam, rgb: np.ndarray) -> np.ndarray:
-    """SAM's resize-longest-side (PIL, like ``SamPredictor.set_image``): H×W×3 uint8 → h×w×3 uint8."""
+    """SAM's resize-longest-side (PIL, like ``SamPredictor.set_image``): H×W×3 uint8 → h×w×3 uint8.
+    ValueError (saying why) for an image too thin for it (see :func:`too_thin`)."""
+    thin = too_thin(rgb.shape[:2], sam.image_encoder.img_size)
+    if thin is not None:
+        raise ValueError(thin)
     return resize_transform(sam).apply_image(rgb)
 
 

@@ -14,7 +14,7 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from samsearch.errors import InputError
-from samsearch.sam.encoder import encode_image
+from samsearch.sam.encoder import encode_image, too_thin
 from samsearch.sam.models import LoadedModel
 from samsearch.sam.segment import Segments
 
@@ -124,6 +124,9 @@ def check_prompt(prompt: Prompt, width: int, height: int, image_name: str) -> No
 def embed_prompted_segment(model: LoadedModel, rgb: np.ndarray, prompt: Prompt) -> EmbeddedSegment:
     """Encode ``rgb`` once, turn the prompt into a mask as ingest would, and pool its embedding."""
     sam = model.sam
+    thin = too_thin(rgb.shape[:2], sam.image_encoder.img_size)
+    if thin is not None:
+        raise InputError(thin)
     enc = encode_image(sam, rgb)
     if prompt.mask is not None:
         segs = Segments.from_masks(prompt.mask[None], sam.device)

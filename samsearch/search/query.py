@@ -41,7 +41,8 @@ JSON schema (``SearchResults.as_dict()``, what ``samsearch search --json`` print
       "hits": [{"rank": int (1-based), "score": float (cosine similarity; for kind=examples Qdrant's
                                                         recommend score; with diversity > 0 hits are in
                                                         MMR order, so scores need not decrease),
-                "segment_id": str, "image_id": int, "image_path": str, "dataset": str,
+                "segment_id": str, "image_id": int, "image_path": str,
+                "dataset": str (the one the filter matched, else the image's first), "datasets": [str],
                 "bbox_xywh": [x, y, w, h], "area": int, "source": "auto" | "box" | "mask",
                 "annotation_category": str | null, "label": str | null, "label_score": float | null,
                 "cluster": int | null, "mask": {"size": [h, w], "counts": str}}, ...],
@@ -112,6 +113,11 @@ class SearchFilters:
             must_not.append(Match("image_hash", query_image_hash))
         return Filter.of(*must, must_not=must_not)
 
+    def dataset_names(self) -> list[str]:
+        if self.dataset is None:
+            return []
+        return [self.dataset] if isinstance(self.dataset, str) else list(self.dataset)
+
     def as_dict(self) -> dict[str, Any]:
         dataset = self.dataset if self.dataset is None or isinstance(self.dataset, str) else list(self.dataset)
         return {"dataset": dataset, "label": self.label, "cluster": self.cluster, "image_id": self.image_id,
@@ -131,7 +137,8 @@ class SearchHit(SegmentInfo):
         return {
             "rank": self.rank, "score": round(self.score, 6), "segment_id": self.segment_id,
             "image_id": self.image_id, "image_path": self.image_path, "dataset": self.dataset,
-            "bbox_xywh": list(self.bbox_xywh), "area": self.area, "source": self.source,
+            "datasets": list(self.datasets), "bbox_xywh": list(self.bbox_xywh), "area": self.area,
+            "source": self.source,
             "annotation_category": self.annotation_category, "label": self.label,
             "label_score": self.label_score, "cluster": self.cluster, "mask": self.rle,
         }
@@ -244,7 +251,9 @@ def _results(home: Home, query: QueryInfo, found: list[Hit], k: int, filters: Se
     if own and own in meta:
         query.image_path, query.rle = meta[own].image_path, meta[own].rle
     kept = [(h, meta[h.id]) for h in found if h.id in meta]
-    hits = [SearchHit(**info.__dict__, rank=i + 1, score=h.score) for i, (h, info) in enumerate(kept)]
+    wanted = filters.dataset_names()
+    hits = [SearchHit(**{**info.__dict__, "dataset": _shown_dataset(info, wanted)}, rank=i + 1, score=h.score)
+            for i, (h, info) in enumerate(kept)]
     return SearchResults(query, hits, int(k), min_score, filters, time.perf_counter() - started)
 
 
@@ -262,6 +271,11 @@ def _run(home: Home, query: QueryInfo, k: int, filters: SearchFilters | None, mi
     found = [h for h in found if h.id != own][: int(k)]
     # One SQL query for every hit (and the query segment's own row, for its picture).
     return _results(home, query, found, k, filters, min_score, started, own)
+
+
+def _shown_dataset(info: SegmentInfo, wanted: list[str]) -> str:
+    """A hit's ``dataset``: the first of its image's datasets the filter asked for, else the image's first."""
+    return next((d for d in info.datasets if d in wanted), info.dataset)
 
 
 # -- the queries -----------------------------------------------------------------------------------
@@ -394,7 +408,10 @@ def search_by_image(
     check_prompt(prompt, loaded.width, loaded.height, str(image))
     (filters or SearchFilters()).to_filter(loaded.content_hash)  # bad filters fail before SAM runs
     model = model_for_home(home, model, checkpoint, device)
-    emb = embed_prompted_segment(model, loaded.rgb, prompt)
+    try:
+        emb = embed_prompted_segment(model, loaded.rgb, prompt)
+    except InputError as exc:  # e.g. an image too thin for SAM: say which
+        raise InputError(f"{image}: {exc}") from None
     query = QueryInfo("image", emb.vector[None, :], image_path=str(image), image_hash=loaded.content_hash,
                       prompt=prompt.describe(), predicted_iou=emb.predicted_iou, rle=mask_to_rle(emb.mask))
     return _run(home, query, k, filters, min_score, started)

@@ -11,7 +11,8 @@ import numpy as np
 from sqlalchemy import bindparam, select
 
 from samsearch.data.masks import rle_to_mask
-from samsearch.db import Image, Segment
+from samsearch.db import Image, ImageDataset, Segment
+from samsearch.db.memberships import in_dataset
 from samsearch.errors import InputError, NotFoundError
 from samsearch.home import Home
 
@@ -24,6 +25,8 @@ _COLUMNS = (
 # Built once: SQLAlchemy caches its compiled form, and the id list is bound as an expanding IN parameter.
 _BY_IDS = (select(*_COLUMNS).join(Image, Image.id == Segment.image_id)
            .where(Segment.id.in_(bindparam("ids", expanding=True))))
+_DATASETS = (select(ImageDataset.image_id, ImageDataset.dataset)
+             .where(ImageDataset.image_id.in_(bindparam("images", expanding=True))))
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class SegmentInfo:
     segment_id: str
     image_id: int
     image_path: str
-    dataset: str
+    dataset: str  # the image's first dataset (a search filtered by dataset reports the one it matched)
     bbox_xywh: tuple[float, float, float, float]
     area: int
     height: int
@@ -44,19 +47,20 @@ class SegmentInfo:
     label: str | None
     label_score: float | None
     cluster: int | None
+    datasets: tuple[str, ...] = ()  # every dataset the image belongs to, sorted
 
     def mask(self) -> np.ndarray:
         """The mask as an H×W ``bool`` array over the original image."""
         return rle_to_mask(self.rle)
 
 
-def _info(row: Any) -> SegmentInfo:
+def _info(row: Any, datasets: dict[int, list[str]]) -> SegmentInfo:
     return SegmentInfo(
         segment_id=row.id, image_id=row.image_id, image_path=row.path, dataset=row.dataset,
         bbox_xywh=(row.bbox_x, row.bbox_y, row.bbox_w, row.bbox_h), area=row.area, height=row.height,
         width=row.width, rle={"size": [row.height, row.width], "counts": row.rle_counts}, source=row.source,
         annotation_category=row.annotation_category, label=row.label, label_score=row.label_score,
-        cluster=row.cluster,
+        cluster=row.cluster, datasets=tuple(sorted(datasets.get(row.image_id, [row.dataset]))),
     )
 
 
@@ -66,7 +70,18 @@ def fetch_segments(home: Home, ids: Sequence[str]) -> dict[str, SegmentInfo]:
         return {}
     # A plain connection, not an ORM session: this sits on the search path, where every 0.1 ms shows.
     with home.db.engine.connect() as conn:
-        return {row.id: _info(row) for row in conn.execute(_BY_IDS, {"ids": list(ids)})}
+        rows = conn.execute(_BY_IDS, {"ids": list(ids)}).all()
+        datasets = _datasets(conn, rows)  # one query for all the rows' images
+        return {row.id: _info(row, datasets) for row in rows}
+
+
+def _datasets(conn: Any, rows: Sequence[Any]) -> dict[int, list[str]]:
+    """Image id -> its datasets, for the images of ``rows`` (one query)."""
+    datasets: dict[int, list[str]] = {}
+    if rows:
+        for image_id, name in conn.execute(_DATASETS, {"images": sorted({r.image_id for r in rows})}):
+            datasets.setdefault(image_id, []).append(name)
+    return datasets
 
 
 def get_segment(home: Home, segment_id: str) -> SegmentInfo:
@@ -87,14 +102,17 @@ def list_segments(home: Home, limit: int = 100, offset: int = 0, dataset: str | 
         raise InputError(f"offset must be >= 0, got {offset}")
     query = select(*_COLUMNS).join(Image, Image.id == Segment.image_id)
     if dataset is not None:
-        query = query.where(Image.dataset == dataset)
+        query = query.where(in_dataset(dataset))  # membership: an image may belong to several
     if label is not None:
         query = query.where(Segment.label == label)
     if cluster is not None:
         query = query.where(Segment.cluster == cluster)
     query = query.order_by(Segment.image_id, Segment.id).limit(limit).offset(offset)
     with home.db.engine.connect() as conn:
-        return [_info(row) for row in conn.execute(query)]
+        rows = conn.execute(query).all()
+        datasets = _datasets(conn, rows)
+        return [_info(row, datasets) for row in rows]
+
 
 
 @dataclass(frozen=True)
@@ -118,6 +136,7 @@ def get_image(home: Home, image_id: int) -> ImageInfo:
         if row is None:
             raise NotFoundError(f"no image {image_id} in {home.root}")
         segs = conn.execute(select(*_COLUMNS).join(Image, Image.id == Segment.image_id)
-                            .where(Segment.image_id == int(image_id)).order_by(Segment.id))
-        segments = [_info(r) for r in segs]
+                            .where(Segment.image_id == int(image_id)).order_by(Segment.id)).all()
+        datasets = _datasets(conn, segs)
+        segments = [_info(r, datasets) for r in segs]
     return ImageInfo(row.id, row.path, row.dataset, row.width, row.height, str(row.status), segments)

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from samsearch.cli import app
 from samsearch.cluster.job import ClusterOptions, delete_run, run_clustering, use_run
 from samsearch.cluster.naming import cluster_instances, name_cluster
-from samsearch.db import ClusterName, ClusterRun, Image, Run, Segment, SegmentCluster
+from samsearch.db import ClusterName, ClusterRun, Image, ImageDataset, Run, Segment, SegmentCluster
 from samsearch.errors import InputError, NotFoundError
 from samsearch.home import SEGMENTS, Home
 from samsearch.ingest.ingestor import ingest
@@ -54,10 +54,11 @@ def copy_home(src: Home, dst: Home, dataset_of=lambda image_id: "shapes") -> Non
     dst.claim_embedding_space(src.embedding_space())
     with dst.db.session() as s:
         s.execute(insert(Image), images)
+        s.execute(insert(ImageDataset), [{"image_id": im["id"], "dataset": im["dataset"]} for im in images])
         s.execute(insert(Segment), segments)
     records = [r for b in src.vectors.scroll(SEGMENTS, with_vectors=True) for r in b]
     datasets = {im["id"]: im["dataset"] for im in images}
-    payloads = [{**r.payload, "dataset": datasets[r.payload["image_id"]]} for r in records]
+    payloads = [{**r.payload, "dataset": [datasets[r.payload["image_id"]]]} for r in records]
     dst.vectors.upsert(SEGMENTS, [r.id for r in records], np.stack([r.vector for r in records]), payloads)
 
 

@@ -45,3 +45,34 @@ def test_unreachable_database_is_one_line_error():
     with pytest.raises(DatabaseError, match="cannot open database") as info:
         open_database("postgresql://nobody@127.0.0.1:1/none")
     assert "\n" not in str(info.value)
+
+
+def test_migration_0002_gives_every_existing_image_its_dataset(database_url):
+    """An image stored before image_datasets existed belongs to its ``images.dataset`` after the upgrade;
+    a new ORM image joins its dataset; deleting the image deletes its memberships."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from samsearch.db import ImageDataset
+    from samsearch.db.engine import alembic_config
+
+    db = open_database(database_url, upgrade=False)
+    cfg = alembic_config(db.url)
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    with db.engine.begin() as conn:
+        conn.execute(text("INSERT INTO images (content_hash, path, dataset, status, attempts, created_at, updated_at)"
+                          " VALUES ('h1', '/a.png', 'old', 'done', 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+    db.upgrade()
+    assert db.current_revision() == "0002"
+    with db.session() as s:
+        s.add(Image(content_hash="h2", path="/b.png", dataset="new"))
+    with db.session() as s:
+        got = {(i.content_hash, m.dataset)
+               for i, m in s.query(Image, ImageDataset).join(ImageDataset, ImageDataset.image_id == Image.id)}
+        assert got == {("h1", "old"), ("h2", "new")}
+        s.delete(s.query(Image).filter_by(content_hash="h1").one())
+    with db.session() as s:
+        assert s.query(ImageDataset).count() == 1
+    db.dispose()

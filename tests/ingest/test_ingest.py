@@ -62,7 +62,7 @@ def test_masks_mode_neighbours_share_the_class(home, tiny_model, shapes):
     ys, xs = np.nonzero(mask)
     assert (s.bbox_x, s.bbox_y, s.bbox_w, s.bbox_h) == (xs.min(), ys.min(), np.ptp(xs) + 1, np.ptp(ys) + 1)
     p = vecs[s.id].payload
-    assert p["dataset"] == "shapes" and p["source"] == "mask" and p["area"] == s.area
+    assert p["dataset"] == ["shapes"] and p["source"] == "mask" and p["area"] == s.area
     with home.db.session() as sess:
         img = sess.get(Image, s.image_id)
         assert p["image_hash"] == img.content_hash and img.status == "done"

@@ -100,6 +100,7 @@ def test_doctor_cli_reports_and_releases_expired_leases(tmp_path):
         "missing vectors:   0 segments (0 images)",
         "orphan vectors:    0",
         "expired leases:    2",
+        "payload contents:  0 of all 0 segments disagree with SQL",
         "model:             consistent",
         "run `samsearch doctor --repair` to fix what can be fixed",
     ]
@@ -149,3 +150,65 @@ def test_repair_against_an_empty_database_deletes_nothing(tmp_path, tiny_model, 
     with Home(tmp_path / "h") as home:
         assert home.vectors.count(SEGMENTS) == n
         assert diagnose(home).problems == 0  # the right database still agrees with every vector
+
+
+def test_doctor_compares_payload_contents_and_repairs_them_from_sql(home, tiny_model, shapes):
+    """A payload with another dataset, a label set in SQL only, and a cluster id a killed ``cluster`` run
+    left in a payload (SQL has none): doctor names each field, --repair rewrites them from SQL."""
+    from samsearch.search.query import SearchFilters, search_by_segment
+
+    _ingest_two(home, tiny_model, shapes)
+    assert diagnose(home, full=True).payload_mismatches == 0
+    with home.db.session() as s:
+        ids = sorted(s.scalars(select(Segment.id)))
+    home.vectors.set_payload(SEGMENTS, [ids[0]], {"dataset": ["elsewhere"]})
+    with home.db.session() as s:
+        s.execute(update(Segment).where(Segment.id == ids[1]).values(label="disc", label_source="manual"))
+    home.vectors.set_payload(SEGMENTS, [ids[2]], {"cluster": 7})  # the killed run's id; SQL has no cluster
+    assert [h.segment_id for h in search_by_segment(home, ids[3], filters=SearchFilters(cluster=7)).hits] == [ids[2]]
+
+    for report in (diagnose(home), diagnose(home, full=True)):  # 2 images: the sample is every segment
+        assert report.payloads_checked == len(ids) and report.payload_mismatches == 3
+        assert report.mismatched_fields == {"dataset": 1, "label": 1, "label_source": 1, "cluster": 1}
+        assert not report.healthy_after_repair
+    fixed = diagnose(home, repair=True)
+    assert fixed.repaired == {"payloads_rewritten": 3} and fixed.healthy_after_repair
+    after = diagnose(home, full=True)
+    assert after.problems == 0 and after.payloads_checked == len(ids)
+    assert search_by_segment(home, ids[3], filters=SearchFilters(cluster=7)).hits == []
+    payloads = {r.id: r.payload for r in home.vectors.retrieve(SEGMENTS, ids[:3])}
+    assert payloads[ids[0]]["dataset"] == ["d"]
+    assert (payloads[ids[1]]["label"], payloads[ids[1]]["label_source"]) == ("disc", "manual")
+    assert payloads[ids[2]].get("cluster") is None
+
+
+def test_doctor_samples_payloads_unless_full(home, tiny_model, shapes, monkeypatch):
+    from samsearch.reports import doctor
+    from samsearch.reports.doctor import compare_payloads
+
+    monkeypatch.setattr(doctor, "SAMPLE_RUN", 2)
+    _ingest_two(home, tiny_model, shapes)
+    with home.db.session() as s:
+        ids = sorted(s.scalars(select(Segment.id)))
+    home.vectors.set_payload(SEGMENTS, ids, {"label": "wrong"})
+    assert len(ids) > 2
+    checked, found = compare_payloads(home, full=False, sample=2)
+    assert checked == 2 and len(found) == 2  # one run of 2 consecutive ids from a random start
+    assert compare_payloads(home, full=True)[0] == len(ids)
+
+
+def test_doctor_cli_full_reports_payload_fields(tmp_path, tiny_model, shapes):
+    from samsearch.home import Home
+
+    with Home(tmp_path / "h") as home:
+        _ingest_two(home, tiny_model, shapes)
+        with home.db.session() as s:
+            sid = min(s.scalars(select(Segment.id)))
+        home.vectors.set_payload(SEGMENTS, [sid], {"cluster": 3})
+    runner = CliRunner()
+    result = runner.invoke(app, ["--home", str(tmp_path / "h"), "doctor", "--full", "--quiet"])
+    assert result.exit_code == 3
+    assert "payload contents:  1 of all " in result.stdout and "(cluster: 1)" in result.stdout
+    assert f"e.g. {sid}: cluster is 3, SQL says None" in result.stdout
+    result = runner.invoke(app, ["--home", str(tmp_path / "h"), "doctor", "--full", "--repair", "--quiet"])
+    assert result.exit_code == 0 and "; rewrote 1 from SQL" in result.stdout

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from samsearch.cli import app
 from samsearch.data.masks import mask_to_rle
-from samsearch.db import ClusterName, ClusterRun, Image, Segment, SegmentCluster
+from samsearch.db import ClusterName, ClusterRun, Image, ImageDataset, Segment, SegmentCluster
 from samsearch.errors import InputError
 from samsearch.home import Home
 from samsearch.reports.semantic_maps import PaintSegment, export_semantic_maps, paint_label_map
@@ -64,6 +64,7 @@ def hand_home(home, tmp_path):
             {"id": 2, "content_hash": "b" * 64, "path": str(tmp_path / "gone.png"), "dataset": "other",
              "status": "done", "width": W, "height": H},
         ])
+        s.execute(insert(ImageDataset), [{"image_id": 1, "dataset": "main"}, {"image_id": 2, "dataset": "other"}])
         rows = [_segment_row(sid, 1, m, lab, i) for i, (sid, m, _, lab) in enumerate(SEGS)]
         rows.append(_segment_row(OTHER[0], 2, OTHER[1], OTHER[3], 0))
         s.execute(insert(Segment), rows)

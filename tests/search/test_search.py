@@ -80,7 +80,7 @@ def _build(home: Home, model, shapes) -> None:
     # Labels (dataset "a" only) and clusters, written where labeling/clustering write them.
     for cls in classes:
         ids = sorted(i for i, c in category.items() if c == cls)
-        labeled = [r.id for r in home.vectors.retrieve(SEGMENTS, ids) if r.payload["dataset"] == "a"]
+        labeled = [r.id for r in home.vectors.retrieve(SEGMENTS, ids) if r.payload["dataset"] == ["a"]]
         home.vectors.set_payload(SEGMENTS, labeled, {"label": cls})
         home.vectors.set_payload(SEGMENTS, ids, {"cluster": classes.index(cls)})
         with home.db.session() as s:
@@ -194,7 +194,7 @@ def test_hits_carry_metadata_and_decodable_masks(corpus):
         ys, xs = np.nonzero(mask)
         assert h.bbox_xywh == (xs.min(), ys.min(), np.ptp(xs) + 1, np.ptp(ys) + 1)
         assert Path(h.image_path).is_file() and h.image_id == corpus.image_of[h.segment_id]
-        assert h.dataset == corpus.payload[h.segment_id]["dataset"]
+        assert [h.dataset] == list(h.datasets) == corpus.payload[h.segment_id]["dataset"]
         assert h.annotation_category == corpus.category[h.segment_id]
         assert h.cluster is not None and (h.label is None) == (h.dataset == "b")
         # the score is the cosine similarity of the stored vectors
@@ -466,8 +466,8 @@ def test_cli_json_schema(edge_corpus):
     assert doc["query"]["kind"] == "segment" and doc["query"]["segment_id"] == sid and doc["query"]["vectors"] == 1
     assert len(doc["hits"]) == 4
     hit = doc["hits"][0]
-    assert list(hit) == ["rank", "score", "segment_id", "image_id", "image_path", "dataset", "bbox_xywh", "area",
-                         "source", "annotation_category", "label", "label_score", "cluster", "mask"]
+    assert list(hit) == ["rank", "score", "segment_id", "image_id", "image_path", "dataset", "datasets", "bbox_xywh",
+                         "area", "source", "annotation_category", "label", "label_score", "cluster", "mask"]
     assert all(h["dataset"] == "a" and h["score"] >= 0.1 for h in doc["hits"])
     assert hit["rank"] == 1 and hit["source"] == "mask" and set(hit["mask"]) == {"size", "counts"}
 
