@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
 from transformers import Dinov2Config, Dinov2Model
+from transformers.utils import logging as hf_logging
 
 from samsearch.errors import one_line
 from samsearch.identity import EmbeddingSpace
@@ -108,6 +110,18 @@ def _local_dir(spec: SpaceSpec, weights: Path) -> tuple[Path, str]:
     return weights, sha256_file(found[0])
 
 
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No per-tensor "Loading weights" bar from transformers (the caller owns the progress display)."""
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load_space(name: str, weights: Path | None = None, device: str | None = None,
                cache_dir: Path | None = None, offline: bool | None = None) -> SpaceModel:
     """Load a space's backbone. Official weights come from the hub cache (downloaded once unless
@@ -121,7 +135,8 @@ def load_space(name: str, weights: Path | None = None, device: str | None = None
     offline = _offline_default() if offline is None else offline
     folder, sha = _local_dir(spec, weights) if weights is not None else _official_dir(spec, cache_dir, offline)
     try:
-        model = Dinov2Model.from_pretrained(str(folder)).eval()
+        with _quiet_transformers():
+            model = Dinov2Model.from_pretrained(str(folder)).eval()
     except Exception as exc:
         raise SpaceError(one_line(f"{name}: cannot load weights from {folder}: {exc}")) from exc
     cfg = model.config
