@@ -10,43 +10,25 @@
 Everything lands in ``out`` (``data/``, ``home/``, ``gallery/index.html``, ``labels.coco.json``). Running it
 again reuses what is there (ingest skips stored images; the bank is rebuilt).
 
-The gallery's neighbour search goes through :data:`GALLERY_NEIGHBOURS`, a plain vector-store query over
-the segments collection. It is the hook for the project's search module: point it at that function once
-search exists, and the gallery shows what ``samsearch search`` returns.
+The gallery is what ``samsearch search --segment ID --gallery`` shows, one row per query: the demo calls
+:func:`samsearch.search.query.search_by_segment` and :func:`samsearch.reports.gallery.write_gallery` like any
+other caller.
 """
 
 from __future__ import annotations
 
-import html
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image as PILImage
 from sqlalchemy import select
 
-from samsearch.data.masks import rle_to_mask
 from samsearch.db import Image, Segment
-from samsearch.home import SEGMENTS, Home
+from samsearch.home import Home
 
 DATASET = "demo"
 BANK = "demo"
-
-
-def similar_segments(home: Home, segment_id: str, k: int) -> list[tuple[str, float]]:
-    """The ``k`` stored segments most similar to ``segment_id`` (itself excluded), with cosine scores."""
-    rec = home.vectors.retrieve(SEGMENTS, [segment_id], with_vectors=True)
-    if not rec or rec[0].vector is None:
-        return []
-    hits = home.vectors.search(SEGMENTS, rec[0].vector, k=k + 1)
-    return [(h.id, h.score) for h in hits if h.id != segment_id][:k]
-
-
-# Hook: (home, segment id, k) -> [(segment id, score)]. Swap in the search module's query once it exists.
-GALLERY_NEIGHBOURS: Callable[[Home, str, int], list[tuple[str, float]]] = similar_segments
 
 
 @dataclass
@@ -114,49 +96,26 @@ def run_demo(out: Path | str, n_train: int = 16, n_test: int = 16, seed: int = 0
 
 
 def write_gallery(home: Home, folder: Path, k: int = 5) -> Path:
-    """``folder/index.html``: for the first test segment of each label, its query crop and its ``k``
-    nearest stored segments (crops with label and similarity). Returns the HTML file."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """``folder/index.html``: for the first test segment of each label, the segment and its ``k`` nearest
+    stored segments (what ``samsearch search --segment`` returns), drawn by the one gallery writer."""
+    from samsearch.reports.gallery import GalleryItem, GallerySection
+    from samsearch.reports.gallery import write_gallery as write_page
+    from samsearch.search.query import search_by_segment
+    from samsearch.search.segments import fetch_segments
+
     with home.db.session() as s:
-        rows = s.execute(select(Segment, Image.path).join(Image, Image.id == Segment.image_id)
+        rows = s.execute(select(Segment.id, Segment.label).join(Image, Image.id == Segment.image_id)
                          .where(Image.dataset == DATASET).order_by(Segment.image_id, Segment.segment_index)).all()
-    by_id = {seg.id: (seg, path) for seg, path in rows}
     queries: dict[str, str] = {}
-    for seg, _ in rows:
-        queries.setdefault(seg.label or "unlabeled", seg.id)
-    parts = ["<!doctype html><meta charset='utf-8'><title>samsearch demo gallery</title>",
-             "<style>body{font-family:sans-serif} td{text-align:center;font-size:12px;padding:4px}"
-             " img{height:96px;border:1px solid #ccc}</style>",
-             "<h1>samsearch demo: nearest segments</h1>",
-             "<p>Left: a test segment (its label from the bank). Right: the stored segments nearest to it "
-             "(cosine similarity of the mask-pooled SAM embeddings), with their labels.</p><table>"]
+    for sid, label in rows:
+        queries.setdefault(label or "unlabeled", sid)
+    infos = fetch_segments(home, list(queries.values()))
+    sections = []
     for label, qid in sorted(queries.items()):
-        cells = [_cell(folder, *by_id[qid], f"query: {label}")]
-        for nid, score in GALLERY_NEIGHBOURS(home, qid, k):
-            if nid in by_id:
-                seg, path = by_id[nid]
-                cells.append(_cell(folder, seg, path, f"{seg.label or 'unlabeled'} · {score:.2f}"))
-        parts.append("<tr>" + "".join(cells) + "</tr>")
-    parts.append("</table>")
-    page = folder / "index.html"
-    page.write_text("\n".join(parts), encoding="utf-8")
-    return page
-
-
-def _cell(folder: Path, seg: Segment, path: str, caption: str) -> str:
-    name = f"{seg.id}.png"
-    _crop(seg, Path(path)).save(folder / name)
-    return f"<td><img src='{name}'><br>{html.escape(caption)}</td>"
-
-
-def _crop(seg: Segment, path: Path, pad: int = 6) -> PILImage.Image:
-    """The segment's box (padded) from its image, with everything outside the mask dimmed."""
-    from samsearch.data.imageio import load_image
-
-    rgb = load_image(path).rgb.astype(np.float32)
-    mask = rle_to_mask(seg.rle)
-    rgb[~mask] = rgb[~mask] * 0.35 + 255 * 0.65
-    x0, y0 = max(int(seg.bbox_x) - pad, 0), max(int(seg.bbox_y) - pad, 0)
-    x1 = min(int(seg.bbox_x + seg.bbox_w) + pad, rgb.shape[1])
-    y1 = min(int(seg.bbox_y + seg.bbox_h) + pad, rgb.shape[0])
-    return PILImage.fromarray(rgb[y0:y1, x0:x1].clip(0, 255).astype(np.uint8))
+        q = infos[qid]
+        items = [GalleryItem(q.image_path, q.rle, [f"query: {label}", Path(q.image_path).name], title="query")]
+        for hit in search_by_segment(home, qid, k=k):
+            items.append(GalleryItem(hit.image_path, hit.rle, [f"{hit.label or 'unlabeled'} · {hit.score:.2f}",
+                                                               Path(hit.image_path).name]))
+        sections.append(GallerySection(f"{label}: a test segment and its {k} nearest stored segments", items))
+    return write_page(folder / "index.html", "samsearch demo: nearest segments", sections)

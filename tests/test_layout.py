@@ -132,3 +132,15 @@ def test_the_checker_sees_in_function_imports(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("def f():\n    from samsearch.search.query import search_by_segment\n")
     assert "samsearch.search.query" in _imports(f, "samsearch.data.m")
+
+
+def test_the_public_api_resolves_and_importing_samsearch_is_cheap():
+    import subprocess
+    import sys
+
+    code = ("import sys, samsearch; assert 'torch' not in sys.modules, 'import samsearch loaded torch'; "
+            "missing = [n for n in samsearch.__all__ if getattr(samsearch, n, None) is None]; "
+            "assert not missing, missing; print(len(samsearch.__all__))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) >= 15

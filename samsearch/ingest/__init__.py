@@ -5,3 +5,9 @@ the run), pipeline (the same stages overlapped in threads).
 
 May import: ``samsearch.sam``, ``samsearch.data``, the stores (db, vectors, home) and the root modules.
 """
+
+from samsearch.ingest.containers import IngestSummary
+from samsearch.ingest.ingestor import Ingestor, ingest
+from samsearch.ingest.options import IngestOptions
+
+__all__ = ["IngestOptions", "IngestSummary", "Ingestor", "ingest"]
