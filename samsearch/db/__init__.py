@@ -17,10 +17,11 @@ from samsearch.db.schema import (
     Run,
     Segment,
     SegmentCluster,
+    SpaceEmbedding,
 )
 
 __all__ = [
     "Bank", "BankClass", "BankVector", "Base", "ClusterName", "ClusterRun", "Database", "Image",
-    "ImageStatus", "Ingestion", "Meta", "Run", "Segment", "SegmentCluster", "default_sqlite_url",
-    "open_database",
+    "ImageStatus", "Ingestion", "Meta", "Run", "Segment", "SegmentCluster", "SpaceEmbedding",
+    "default_sqlite_url", "open_database",
 ]
