@@ -210,7 +210,7 @@ def label_segments(home: Home, options: LabelOptions, progress: bool = True,
 
         try:
             with home.vectors.deferred_flush(), tqdm(total=summary.selected, desc="label", unit="seg",
-                                                     disable=not progress, unit_scale=True) as bar:
+                                                     disable=not progress) as bar:
                 t0 = time.perf_counter()
                 for batch in home.vectors.scroll_vectors(coll, flt, options.batch_size):
                     ids, x = batch.ids, batch.vectors

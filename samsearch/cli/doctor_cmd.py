@@ -12,6 +12,10 @@ def doctor(
     repair: bool = typer.Option(False, "--repair",
                                 help="Fix what is safe to fix: re-queue images whose vectors are missing, "
                                      "delete vectors that have no segment, release expired leases."),
+    allow_mass_delete: bool = typer.Option(
+        False, "--allow-mass-delete",
+        help="With --repair: delete orphan vectors even when the evidence could mean a wrong database (SQL "
+             "side empty, models disagree, more than 1000 orphans or more than half of all vectors)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -23,7 +27,7 @@ def doctor(
     from samsearch.reports.doctor import diagnose
 
     with cli_home(ctx) as home:
-        report = diagnose(home, repair=repair, progress=not quiet)
+        report = diagnose(home, repair=repair, progress=not quiet, allow_mass_delete=allow_mass_delete)
     if as_json:
         echo_json(report.as_dict())
     else:

@@ -117,7 +117,7 @@ def search(
                                   "(\"find every car\")."),
     label: str = typer.Option(None, "--label", metavar="NAME",
                               help="With --bank: the class to find. Without: a filter, only segments labeled NAME."),
-    k: int = typer.Option(10, "-k", "--limit", metavar="K", help="How many hits."),
+    k: int = typer.Option(10, "-k", "--limit", metavar="K", help="How many hits (at most 10000)."),
     min_score: float = typer.Option(None, "--min-score", metavar="S",
                                     help="Only hits with cosine similarity >= S."),
     dataset: list[str] = typer.Option(None, "--dataset", metavar="NAME",

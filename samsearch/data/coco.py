@@ -154,6 +154,8 @@ class _Loader:
             raise self.fail(f"not valid JSON (line {exc.lineno} column {exc.colno})") from None
         except UnicodeDecodeError:
             raise self.fail("not valid JSON (not UTF-8 text)") from None
+        except RecursionError:
+            raise self.fail("JSON is nested too deeply") from None
 
     def _list(self, doc: dict[str, Any], key: str) -> list[Any]:
         value = doc[key]
@@ -224,9 +226,9 @@ class _Loader:
         if (
             not isinstance(bbox, list)
             or len(bbox) != 4
-            or not all(_is_number(v) and math.isfinite(v) for v in bbox)
+            or not all(_is_finite(v) for v in bbox)
         ):
-            raise self.fail(f"{where}: 'bbox' must be 4 finite numbers [x, y, width, height], got {bbox!r}")
+            raise self.fail(f"{where}: 'bbox' must be 4 finite numbers [x, y, width, height], got {_short_repr(bbox)}")
         x, y, w, h = (float(v) for v in bbox)
         if w <= 0 or h <= 0:
             skipped.append((aid, f"box has no area (width {w:g}, height {h:g})"))
@@ -244,9 +246,10 @@ class _Loader:
             raise self.fail(f"{where}: RLE 'segmentation' needs 'counts' and 'size'")
         if isinstance(segmentation, list) and not segmentation:
             segmentation = None
+        self._check_segmentation_numbers(segmentation, where)
 
         area = raw.get("area")
-        if area is not None and not (_is_number(area) and math.isfinite(area)):
+        if area is not None and not _is_finite(area):
             raise self.fail(f"{where}: 'area' must be a number")
         iscrowd = raw.get("iscrowd", 0)
         if not _is_number(iscrowd) or iscrowd not in (0, 1):
@@ -262,6 +265,21 @@ class _Loader:
             area=float(area) if area is not None else None,
             iscrowd=int(iscrowd),
         )
+
+    def _check_segmentation_numbers(self, segmentation: Any, where: str) -> None:
+        """Refuse numbers no store or float can hold (10**400, 1e400) now, before any image is processed.
+
+        The shape of the segmentation is checked later, per image, by ``annotation_to_mask``.
+        """
+        if isinstance(segmentation, list):
+            flat = [v for p in segmentation for v in (p if isinstance(p, list) else [p])]
+            if any(_is_number(v) and not _is_finite(v) for v in flat):
+                raise self.fail(f"{where}: polygon coordinates must be finite numbers")
+        elif isinstance(segmentation, dict):
+            counts, size = segmentation["counts"], segmentation["size"]
+            values = (counts if isinstance(counts, list) else []) + (size if isinstance(size, list) else [])
+            if any(isinstance(v, int) and not _INT64_MIN <= v <= _INT64_MAX for v in values):
+                raise self.fail(f"{where}: RLE counts and size must fit in 64-bit integers")
 
     def _object(self, raw: Any, where: str) -> dict[str, Any]:
         if not isinstance(raw, dict):
@@ -279,13 +297,38 @@ class _Loader:
             raise self.fail(f"{where}: '{key}' must be an integer, got {value!r}")
         if positive and value <= 0:
             raise self.fail(f"{where}: '{key}' must be positive, got {value}")
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            # SQLite and Postgres store 64-bit integers; a bigger id would fail mid-run
+            raise self.fail(f"{where}: '{key}' {_short(value)} does not fit in a 64-bit integer")
         return value
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _is_finite(v: Any) -> bool:
+    """A number a float holds finitely; exact for ints (``math.isfinite(10**400)`` raises OverflowError)."""
+    if not _is_number(v):
+        return False
+    if isinstance(v, int):
+        return abs(v) <= 2**1000  # far inside the float range, and no OverflowError converting it
+    return math.isfinite(v)
+
+
+def _short(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:10]}…({len(text)} digits)"
+
+
 def _json_type(v: Any) -> str:
     names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
     return names.get(type(v), "a number")
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

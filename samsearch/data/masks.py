@@ -28,6 +28,9 @@ Box = tuple[float, float, float, float]
 
 # pycocotools rasterises polygons in int32 at 5× scale; keep coordinates far from overflow.
 _MAX_POLYGON_COORD = 1e7
+# Largest mask an RLE may describe (2**34 ≈ 17 gigapixels, far above any real image): it bounds every
+# run length, so runs fit int64 with room to spare and a crafted size cannot ask for exabytes.
+_MAX_RLE_PIXELS = 2**34
 
 
 def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
@@ -197,22 +200,36 @@ def _counts_to_runs(counts: Any) -> np.ndarray:
     if isinstance(counts, bytes):
         return _parse_compressed_counts(counts)
     if isinstance(counts, (list, tuple, np.ndarray)):
-        return np.asarray(counts, dtype=np.int64).reshape(-1)
+        # Check each run as an exact Python int before it meets int64 (10**30 would overflow).
+        runs = [int(c) for c in np.asarray(counts, dtype=object).reshape(-1)]
+        _check_runs(runs)
+        return np.asarray(runs, dtype=np.int64)
     raise ValueError(f"RLE counts must be a string or a list of ints, got {type(counts).__name__}")
 
 
 def _runs_to_mask(runs: np.ndarray, height: int, width: int) -> np.ndarray:
     if height < 0 or width < 0:
         raise ValueError(f"RLE size must be non-negative, got [{height}, {width}]")
+    if height * width > _MAX_RLE_PIXELS:
+        raise ValueError(f"RLE size [{height}, {width}] is larger than {_MAX_RLE_PIXELS} pixels")
     if (runs < 0).any():
         raise ValueError("RLE counts contain a negative run length")
-    total = int(runs.sum())
+    # Exact total: an int64 sum wraps (4 × 2**62 + 16 "adds up" to 16), and np.repeat would then
+    # write far past its buffer (a segfault). Every run is already ≤ _MAX_RLE_PIXELS here.
+    total = sum(runs.tolist())
     if total != height * width:
         raise ValueError(f"RLE run lengths add up to {total}, expected height*width = {height * width}")
     values = np.zeros(runs.size, dtype=bool)
     values[1::2] = True  # runs alternate background/foreground, starting with background
     flat = np.repeat(values, runs)
     return np.ascontiguousarray(flat.reshape(width, height).T)  # COCO RLE is column-major
+
+
+def _check_runs(runs: list[int]) -> None:
+    if any(r < 0 for r in runs):
+        raise ValueError("RLE counts contain a negative run length")
+    if any(r > _MAX_RLE_PIXELS for r in runs):
+        raise ValueError(f"RLE counts contain a run length above {_MAX_RLE_PIXELS} pixels")
 
 
 def _parse_compressed_counts(data: bytes) -> np.ndarray:
@@ -239,10 +256,12 @@ def _parse_compressed_counts(data: bytes) -> np.ndarray:
     x = np.add.reduceat((c & 0x1F) << (5 * k), starts)
     negative = (c[ends] & 0x10) != 0
     x[negative] -= np.left_shift(1, 5 * (k[ends][negative] + 1))
-    # undo the delta coding: x[m] += x[m-2] for m > 2
-    x[1::2] = np.cumsum(x[1::2])
-    x[2::2] = np.cumsum(x[2::2])
-    return x
+    # undo the delta coding: x[m] += x[m-2] for m > 2; in Python ints, as int64 cumsums can wrap
+    runs = x.tolist()
+    for m in range(3, len(runs)):
+        runs[m] += runs[m - 2]
+    _check_runs(runs)
+    return np.asarray(runs, dtype=np.int64)
 
 
 def _validate_polygons(segmentation: Sequence[Any]) -> list[list[float]]:
@@ -258,6 +277,9 @@ def _validate_polygons(segmentation: Sequence[Any]) -> list[list[float]]:
             raise ValueError(f"polygon {i} has an odd number of coordinates ({len(poly)})")
         if len(poly) < 6:
             raise ValueError(f"polygon {i} has fewer than 3 points ({len(poly) // 2})")
+        # compare before float(): float(10**400) raises OverflowError, not a clear reason
+        if any(isinstance(v, (int, np.integer)) and abs(int(v)) > _MAX_POLYGON_COORD for v in poly):
+            raise ValueError(f"polygon {i} has a coordinate beyond ±{_MAX_POLYGON_COORD:g}")
         coords = [float(v) for v in poly]
         if not all(math.isfinite(v) for v in coords):
             raise ValueError(f"polygon {i} has a non-finite coordinate")

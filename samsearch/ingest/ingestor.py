@@ -4,15 +4,14 @@ Stages per image: read+hash → decode → encode (once) → masks (auto / boxes
 The image is the unit of atomicity: its row is marked ``running`` before anything is written, vectors
 are upserted (durably) next, and the segments, the ingestion marker and ``done`` are committed in one
 SQL transaction last. A crash anywhere leaves the image not ``done``; the next run of the same command
-redoes the image. Segment ids are deterministic, so a
-re-run never duplicates anything.
+redoes the image. Segment ids are deterministic, so a re-run never duplicates anything.
 
-Per image, :meth:`Ingestor.prepare` claims the row (:meth:`Ingestor._claim_image`) and decodes it;
-queue workers (``samsearch.jobs.worker``) claim rows from the queue and call :meth:`Ingestor.process_claimed`.
-Those claims carry a lease owner: the vector write and the final commit check that the lease is still
-theirs (:class:`LeaseLost` otherwise), so a worker whose lease expired and was taken over never marks
-the image. A redone image overwrites the vectors of the earlier attempt and deletes any beyond the new
-set; segment rows that already exist keep their label and cluster fields.
+Per image, :meth:`Ingestor.prepare` claims the row (:func:`samsearch.ingest.claim.claim_image`) and decodes
+it; queue workers (``samsearch.jobs.worker``) claim rows from the queue and call
+:meth:`Ingestor.process_claimed`. Those claims carry a lease owner: the vector write and the final commit
+check that the lease is still theirs (:class:`~samsearch.ingest.containers.LeaseLost` otherwise), so a
+worker whose lease expired and was taken over never marks the image. Masks and vectors come from
+:mod:`samsearch.sam.segment`; writing is :class:`samsearch.ingest.store.SegmentWriter`'s.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -277,9 +277,10 @@ def claim(
     with home.db.session() as s:
         now = _now(s)
         expired = and_(Image.status == RUNNING, Image.lease_expires_at.is_not(None), Image.lease_expires_at < now)
-        # Poison pills: images whose lease expired max_attempts times are failed, not handed out again.
+        # Poison pills: images whose lease expired max_attempts times are failed, not handed out again;
+        # so are pending ones already tried max_attempts times (so attempts never climb past it).
         s.execute(
-            update(Image).where(expired, Image.attempts >= max_attempts).values(
+            update(Image).where(or_(expired, Image.status == PENDING), Image.attempts >= max_attempts).values(
                 status=FAILED, lease_owner=None, lease_expires_at=None,
                 error=f"abandoned after {max_attempts} attempts: the worker holding it died or hung each time "
                       "(samsearch queue retry-failed queues it again)"),
@@ -313,18 +314,34 @@ def renew(home: Home, owners: Iterable[str], lease_seconds: float = DEFAULT_LEAS
         return int(res.rowcount or 0)
 
 
-def release(home: Home, owner: str, image_ids: Sequence[int], reason: str | None = None) -> int:
+def release(home: Home, owner: str, image_ids: Sequence[int], reason: str | None = None,
+            max_attempts: int | None = None, untried: bool = False) -> int:
     """Give claimed images back to the queue (pending) at once, e.g. when a worker stops or its store
-    fails; ``reason`` is kept in the image's error field until it is processed."""
+    fails; ``reason`` is kept in the image's error field until it is processed.
+
+    ``untried``: the worker never started on them, so their claim does not count as an attempt.
+    ``max_attempts``: an image already tried that often is marked failed instead (a poison image that
+    makes every attempt fail would otherwise crash-loop its workers). Returns how many went back or failed.
+    """
     if not image_ids:
         return 0
+    mine = and_(Image.id.in_(list(image_ids)), Image.status == RUNNING, Image.lease_owner == owner)
+    n = 0
     with home.db.session() as s:
-        res = s.execute(
-            update(Image).where(Image.id.in_(list(image_ids)), Image.status == RUNNING, Image.lease_owner == owner)
-            .values(status=PENDING, lease_owner=None, lease_expires_at=None, error=reason),
-            execution_options={"synchronize_session": False},
-        )
-        return int(res.rowcount or 0)
+        if max_attempts is not None and not untried:
+            res = s.execute(
+                update(Image).where(mine, Image.attempts >= max_attempts).values(
+                    status=FAILED, lease_owner=None, lease_expires_at=None,
+                    error=f"failed {max_attempts} attempts, the last: {reason or 'no reason given'} "
+                          "(samsearch queue retry-failed queues it again)"),
+                execution_options={"synchronize_session": False},
+            )
+            n += int(res.rowcount or 0)
+        values: dict[str, Any] = {"status": PENDING, "lease_owner": None, "lease_expires_at": None, "error": reason}
+        if untried:
+            values["attempts"] = case((Image.attempts > 0, Image.attempts - 1), else_=0)
+        res = s.execute(update(Image).where(mine).values(**values), execution_options={"synchronize_session": False})
+        return n + int(res.rowcount or 0)
 
 
 def fail(home: Home, owner: str, image_id: int, reason: str) -> bool:

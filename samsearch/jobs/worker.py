@@ -234,7 +234,7 @@ class Worker:
                        timings: dict[str, float]) -> None:
         for k, item in enumerate(items):
             if self._stop.is_set():  # asked to stop: the rest goes back to the queue now
-                self._give_back(owner, items[k:], "the worker stopped before taking it")
+                self._give_back(owner, items[k:], "the worker stopped before taking it", untried=True)
                 return
             try:
                 self._process(owner, item, summary, timings)
@@ -242,15 +242,22 @@ class Worker:
                 with self._lock:
                     self.summary.leases_lost += 1
             except BaseException as exc:
-                self._give_back(owner, items[k:], f"an attempt failed: {one_line(exc)}")
+                reason = f"an attempt failed: {one_line(exc)}"
+                # The image in hand counts an attempt (failed at --max-attempts), unless the worker was
+                # interrupted (Ctrl-C, exit); the rest of the batch was not tried.
+                tried = isinstance(exc, Exception)
+                self._give_back(owner, items[k:k + 1], reason, max_attempts=self.options.max_attempts,
+                                untried=not tried)
+                self._give_back(owner, items[k + 1:], reason, untried=True)
                 raise
             if self._bar is not None:
                 with self._lock:
                     self._bar.update(1)
 
-    def _give_back(self, owner: str, items: list[QueueItem], reason: str) -> None:
+    def _give_back(self, owner: str, items: list[QueueItem], reason: str, max_attempts: int | None = None,
+                   untried: bool = False) -> None:
         try:
-            n = release(self.home, owner, [i.image_id for i in items], reason)
+            n = release(self.home, owner, [i.image_id for i in items], reason, max_attempts, untried)
         except Exception:  # the database is gone too: the leases will expire instead
             return
         with self._lock:

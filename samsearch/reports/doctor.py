@@ -11,7 +11,10 @@ Checks (each streamed in batches, so it scales with the store, not with memory):
   lookups per page: the images' status first, then the segment ids, so an image committed in between
   is seen as in flight, never as orphaned). Points of an image being processed now (``running``) are
   in flight: counted, not touched. The rest (leftovers of an interrupted attempt, points of deleted
-  segments or images) are deleted on repair; a queued image's redo writes its points again.
+  segments or images) are deleted on repair; a queued image's redo writes its points again. Orphans
+  are counted first and deleted in a second pass, and only when the evidence cannot mean "this is the
+  wrong database" (see :func:`mass_delete_reason`); otherwise nothing is deleted unless the caller
+  passes ``allow_mass_delete``.
 * **expired leases**: images ``running`` under a lease that ran out (a dead worker). Repair: back to
   ``pending``. Images ``running`` without a lease come from a plain ``ingest`` that is running or was
   interrupted: they are reported (re-run that ingest), not changed.
@@ -30,8 +33,13 @@ from samsearch.db import Image, ImageStatus, Ingestion, Run, Segment
 from samsearch.home import SEGMENTS, Home
 from samsearch.jobs.work_queue import release_expired
 from samsearch.vectors import VectorStoreError
+from samsearch.vectors.server import safe_url
 
 PAGE = 1000
+# Above either bound, orphan vectors look less like leftovers and more like a SQL side that is not this
+# store's (SAMSEARCH_DATABASE_URL pointing elsewhere, a restored backup): repair refuses to delete them.
+MASS_DELETE_FRACTION = 0.5
+MASS_DELETE_COUNT = 1000
 
 
 @dataclass
@@ -49,6 +57,8 @@ class DoctorReport:
     model_problems: list[str] = field(default_factory=list)
     repaired: dict[str, int] = field(default_factory=dict)
     not_repaired: list[str] = field(default_factory=list)
+    images: int = 0
+    refused_delete: str | None = None  # why --repair kept the orphan vectors
 
     @property
     def problems(self) -> int:
@@ -73,25 +83,61 @@ class DoctorReport:
         return d
 
 
-def diagnose(home: Home, repair: bool = False, progress: bool = False) -> DoctorReport:
-    """Compare SQL and the vector store of ``home``; with ``repair``, fix what can be fixed safely."""
+def diagnose(home: Home, repair: bool = False, progress: bool = False,
+             allow_mass_delete: bool = False) -> DoctorReport:
+    """Compare SQL and the vector store of ``home``; with ``repair``, fix what can be fixed safely.
+
+    Orphan vectors are deleted only when :func:`mass_delete_reason` finds nothing suspicious, or when
+    ``allow_mass_delete`` says the caller has checked that this SQL database belongs to this store.
+    """
     from tqdm import tqdm
 
-    report = DoctorReport(home.db.safe_url, home.qdrant_url or "qdrant-edge")
+    report = DoctorReport(home.db.safe_url, safe_url(home.qdrant_url) if home.qdrant_url else "qdrant-edge")
     _check_model(home, report)
     _check_leases(home, report, repair)
     has_vectors = home.vectors.has_collection(SEGMENTS)
     with home.db.session() as s:
         report.segments = int(s.scalar(select(func.count()).select_from(Segment)) or 0)
+        report.images = int(s.scalar(select(func.count()).select_from(Image)) or 0)
     report.vectors = home.vectors.count(SEGMENTS) if has_vectors else 0
     bar = tqdm(total=report.segments + report.vectors, desc="doctor", unit="id", disable=not progress)
     try:
         _check_missing(home, report, repair, has_vectors, bar)
         if has_vectors:
-            _check_orphans(home, report, repair, bar)
+            _check_orphans(home, report, False, bar)  # count only; delete below if it is safe
     finally:
         bar.close()
+    if repair and report.orphan_vectors:
+        reason = mass_delete_reason(report)
+        if reason is not None and not allow_mass_delete:
+            report.refused_delete = reason
+            report.not_repaired.append(
+                f"kept {report.orphan_vectors} orphan vectors: {reason}; check SAMSEARCH_DATABASE_URL and "
+                "--home, and re-run with --allow-mass-delete only if this database really is this store's")
+        else:
+            report.orphan_vectors = report.in_flight_vectors = 0  # the deleting pass counts again
+            _check_orphans(home, report, True, _NoBar())
     return report
+
+
+def mass_delete_reason(report: DoctorReport) -> str | None:
+    """Why deleting ``report``'s orphan vectors could mean wiping a store against the wrong database."""
+    if report.segments == 0 and report.images == 0:
+        return (f"the SQL database {report.database} has no images or segments but the vector store holds "
+                f"{report.vectors} vectors (is it the wrong database?)")
+    if report.model_problems:
+        return "SQL and the vector store disagree on the embedding model"
+    if report.orphan_vectors > MASS_DELETE_COUNT:
+        return f"{report.orphan_vectors} orphans is more than {MASS_DELETE_COUNT}"
+    if report.orphan_vectors > MASS_DELETE_FRACTION * report.vectors:
+        return (f"{report.orphan_vectors} of {report.vectors} vectors would be deleted "
+                f"(more than {MASS_DELETE_FRACTION:.0%})")
+    return None
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
 
 
 def _check_model(home: Home, report: DoctorReport) -> None:

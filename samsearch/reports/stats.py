@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 
 from samsearch.db import Image, Run, Segment
 from samsearch.home import SEGMENTS, Home, space_collection
+from samsearch.vectors.server import safe_url
 
 
 def collect_stats(home: Home, max_failures: int = 50) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def collect_stats(home: Home, max_failures: int = 50) -> dict[str, Any]:
     return {
         "home": str(home.root),
         "database": home.db.safe_url,
-        "vector_store": home.qdrant_url or "qdrant-edge",
+        "vector_store": safe_url(home.qdrant_url) if home.qdrant_url else "qdrant-edge",
         "embedding_space": space.__dict__ if space else None,
         "images": n_images,
         "segments": n_segments,

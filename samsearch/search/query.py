@@ -208,9 +208,16 @@ def _require_corpus(home: Home, space: str = SAM_SPACE) -> str:
     return coll
 
 
+# Largest -k a search answers: every hit is fetched from SQL and held in memory (and each store sizes its
+# result buffers by k), so an unbounded k (-k 10**9) would ask for gigabytes; page with filters instead.
+MAX_K = 10_000
+
+
 def _check_k(k: int, min_score: float | None) -> None:
     if int(k) < 1:
         raise InputError(f"-k must be at least 1, got {k}")
+    if int(k) > MAX_K:
+        raise InputError(f"-k must be at most {MAX_K}, got {k} (narrow the search with filters instead)")
     if min_score is not None and not -1.0 <= float(min_score) <= 1.0:
         raise InputError(f"--min-score must lie in [-1, 1] (cosine similarity), got {min_score}")
 

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import numpy as np
@@ -175,6 +176,44 @@ def to_qdrant_filter(flt: Filter | None) -> models.Filter | None:
         raise VectorStoreError(f"cannot express {flt} as a Qdrant filter: {_one_line(str(exc))}") from exc
 
 
+_SECRET_PARAMS = ("key", "token", "password", "secret", "auth")
+
+
+def safe_url(url: str) -> str:
+    """``url`` with its credentials masked (``https://user:***@host``, ``?api_key=***``), as the database
+    URL is shown: for error messages and reports, which users paste into issues and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url if "@" not in url else "***"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, has_password, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if has_password else f"***@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if any(w in k.lower() for w in _SECRET_PARAMS) else v) for k, v in pairs],
+                          safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The pieces of ``url`` that :func:`safe_url` masks (and the URL itself, when it has any)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return [url] if "@" in url else []
+    secrets = []
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rpartition("@")[0]
+        secrets.append(userinfo.partition(":")[2] or userinfo)
+    secrets += [v for k, v in parse_qsl(parts.query) if v and any(w in k.lower() for w in _SECRET_PARAMS)]
+    secrets = [s for s in secrets if len(s) >= 3]  # a one-letter "password" would mask half the message
+    return [url, *secrets] if secrets or "@" in url else []
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -202,7 +241,8 @@ class ServerVectorStore:
         if overrides:
             cfg = QdrantSettings(**{**cfg.__dict__, **overrides})
         self.settings = cfg
-        self.where = url or location or ""
+        self.where = safe_url(url or location or "")  # what error messages show: no credentials
+        self._secrets = _url_secrets(url or "")
         self.api_key = cfg.api_key
         self.shard_number = cfg.shard_number
         self.replication_factor = cfg.replication_factor
@@ -229,6 +269,19 @@ class ServerVectorStore:
     # -- errors ------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _errors(self, what: str, name: str | None = None) -> Iterator[None]:
+        try:
+            with self._translated_errors(what, name):
+                yield
+        except VectorStoreError as exc:
+            text = str(exc)
+            if not any(secret in text for secret in self._secrets):
+                raise
+            for secret in sorted(self._secrets, key=len, reverse=True):  # the whole URL first, then its parts
+                text = text.replace(secret, self.where if "://" in secret else "***")
+            raise VectorStoreError(text) from exc.__cause__
+
+    @contextlib.contextmanager
+    def _translated_errors(self, what: str, name: str | None = None) -> Iterator[None]:
         try:
             yield
         except VectorStoreError:

@@ -231,3 +231,13 @@ def test_crash_mid_run_then_rerun_finishes_the_job(tmp_path):
     assert all(v[0][0] is not None and v[0][0] == v[1][0] and v[0][2:] == v[1][2:] for v in snap.values())
     assert np.mean([snap[s][0][0] == t for s, t in truth.items()]) >= 0.97
     assert len(cents.labels) == 3 * len(CLASSES)
+
+
+@pytest.mark.parametrize("home", ["sqlite+edge"], indirect=True)
+def test_progress_bar_counts_whole_segments(home, capsys):
+    fill_segments(home, 46, dataset="d1")
+    create_bank(home, "b1", bank_instances(seed=9), per_class=3)
+    label_segments(home, LabelOptions(bank="b1", batch_size=16), progress=True)
+    err = capsys.readouterr().err
+    assert "46/46" in err  # not "46.0/46.0" (unit_scale turned the counts into floats)
+    assert ".0/" not in err

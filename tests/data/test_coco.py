@@ -234,3 +234,65 @@ def test_error_is_value_error_and_pickles() -> None:
     assert isinstance(err, ValueError)
     again = pickle.loads(pickle.dumps(err))
     assert str(again) == "ann.json: missing key 'images'"
+
+
+_BIG = 10**400  # json.dumps writes it as 401 digits; json.loads reads it back as a Python int
+
+
+@pytest.mark.parametrize(
+    ("build", "reason"),
+    [
+        (
+            _mutate(lambda d: d["images"][1].update(id=2**63)),
+            "images[1]: 'id' 9223372036854775808 does not fit in a 64-bit integer",
+        ),
+        (
+            _mutate(lambda d: _ann(d, 11).update(id=-(2**63) - 1)),
+            "annotations[1]: 'id' -9223372036854775809 does not fit in a 64-bit integer",
+        ),
+        (
+            _mutate(lambda d: d["images"][1].update(width=_BIG)),
+            "image 2: 'width' 1000000000…(401 digits) does not fit in a 64-bit integer",
+        ),
+        (_mutate(lambda d: _ann(d, 11).update(area=_BIG)), "annotation 11: 'area' must be a number"),
+        (
+            _mutate(lambda d: _ann(d, 10).update(segmentation=[[10, 20, _BIG, 20, 40, 60]])),
+            "annotation 10: polygon coordinates must be finite numbers",
+        ),
+        (
+            _mutate(lambda d: _ann(d, 15)["segmentation"].update(counts=[2**64, 1])),
+            "annotation 15: RLE counts and size must fit in 64-bit integers",
+        ),
+    ],
+)
+def test_numbers_too_big_for_the_stores_are_refused_up_front(
+    tmp_path: Path, build: Callable[[], Any], reason: str
+) -> None:
+    path = _write(tmp_path, build())
+    with pytest.raises(AnnotationError) as info:
+        load_coco(path)
+    assert str(info.value) == f"{path}: {reason}"
+
+
+@pytest.mark.parametrize("field", ["bbox", "area", "polygon"])
+def test_float_literals_beyond_float_range_are_refused(tmp_path: Path, field: str) -> None:
+    doc = copy.deepcopy(BASE)
+    _ann(doc, 10).update(bbox=[10, 20, 30, 40], area=600, segmentation=[[10, 20, 40, 20, 40, 60]])
+    text = json.dumps(doc)
+    marker = {"bbox": "[10, 20, 30, 40]", "area": '"area": 600', "polygon": "[[10, 20, 40, 20, 40, 60]]"}[field]
+    huge = {"bbox": "[10, 20, 1e400, 40]", "area": '"area": 1e400', "polygon": "[[10, 20, 1e400, 20, 40, 60]]"}
+    assert text.count(marker) == 1
+    path = tmp_path / "ann.json"
+    path.write_text(text.replace(marker, huge[field]), encoding="utf-8")
+    with pytest.raises(AnnotationError) as info:
+        load_coco(path)
+    assert str(info.value).startswith(f"{path}: annotation 10: ")
+    assert "\n" not in str(info.value) and len(str(info.value)) < 200
+
+
+def test_deeply_nested_json_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "ann.json"
+    path.write_text('{"images": ' + "[" * 200_000 + "]" * 200_000 + "}", encoding="utf-8")
+    with pytest.raises(AnnotationError) as info:
+        load_coco(path)
+    assert str(info.value) == f"{path}: JSON is nested too deeply"

@@ -211,3 +211,51 @@ def test_large_mask_round_trip() -> None:
     mask = (yy - 300) ** 2 + (xx - 420) ** 2 < 280**2
     mask[::37, ::41] ^= True
     np.testing.assert_array_equal(rle_to_mask(mask_to_rle(mask)), mask)
+
+
+def _compress_counts(runs: list[int]) -> str:
+    """COCO's compressed counts string for any run lengths (pycocotools' rleToString, in Python ints)."""
+    out = []
+    for i, run in enumerate(runs):
+        x = run - runs[i - 2] if i > 2 else run
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = x != -1 if c & 0x10 else x != 0
+            out.append(chr((c | 0x20 if more else c) + 48))
+    return "".join(out)
+
+
+# Runs that add up to 2**64 + 16: an int64 total wraps to 16 = 4*4, and decoding them used to write
+# far past np.repeat's buffer (exit 139). Every run and every delta fits COCO's 60-bit numbers.
+_WRAPPING_RUNS = [16] + [k * 2**58 for k in range(1, 8) for _ in range(2)] + [2**61]
+
+
+def test_compress_counts_helper_matches_pycocotools() -> None:
+    rle = mask_to_rle(np.eye(4, dtype=bool))
+    assert _compress_counts(_uncompressed_counts(np.eye(4, dtype=bool))) == rle["counts"]
+
+
+@pytest.mark.parametrize(
+    ("segmentation", "message"),
+    [
+        ({"size": [4, 4], "counts": [2**62, 2**62, 2**62, 2**62 + 16]}, "RLE counts contain a run length above"),
+        ({"size": [4, 4], "counts": _WRAPPING_RUNS}, "RLE counts contain a run length above"),
+        ({"size": [4, 4], "counts": _compress_counts(_WRAPPING_RUNS)}, "RLE counts contain a run length above"),
+        ({"size": [4, 4], "counts": [10**30, 1]}, "RLE counts contain a run length above"),
+        ({"size": [4, 4], "counts": [-(10**30), 1]}, "RLE counts contain a negative run length"),
+        ([[0, 0, 10**400, 0, 5, 5]], "polygon 0 has a coordinate beyond"),
+        ([[0.0, 0.0, 1e308 * 10, 0.0, 5.0, 5.0]], "polygon 0 has a non-finite coordinate"),
+    ],
+)
+def test_crafted_rle_and_polygons_are_rejected_not_crashed(segmentation: Any, message: str) -> None:
+    assert sum(_WRAPPING_RUNS) == 2**64 + 16
+    with pytest.raises(ValueError) as info:
+        annotation_to_mask(segmentation, 4, 4)
+    assert str(info.value).startswith(message)
+
+
+def test_rle_to_mask_rejects_huge_size() -> None:
+    with pytest.raises(ValueError, match="larger than"):
+        rle_to_mask({"size": [2**20, 2**20], "counts": [2**20, 2**20]})

@@ -85,14 +85,14 @@ def test_a_worker_whose_lease_moved_on_never_marks_the_image(home, tiny_model, s
     assert home.vectors.count(SEGMENTS) == 0  # the first fence: nothing written
 
     # B's lease moves on (to C) after B wrote its vectors: B's commit is refused, nothing is marked.
-    original = ing._delete_stale_vectors  # runs right after the upsert of a redone image
+    original = ing.writer._delete_stale_vectors  # runs right after the upsert of a redone image
 
     def write_then_lose_the_lease(*args):
         original(*args)
         with home.db.session() as s:
             s.execute(update(Image).where(Image.id == b.image_id).values(lease_owner="C"))
 
-    monkeypatch.setattr(ing, "_delete_stale_vectors", write_then_lose_the_lease)
+    monkeypatch.setattr(ing.writer, "_delete_stale_vectors", write_then_lose_the_lease)
     with pytest.raises(LeaseLost, match=r"held by C"):
         ing.process_claimed(replace(late, lease_owner="B"), IngestSummary(0), timings)
     with home.db.session() as s:
@@ -110,3 +110,43 @@ def test_a_worker_whose_lease_moved_on_never_marks_the_image(home, tiny_model, s
     with home.db.session() as s:
         assert set(s.scalars(select(Segment.id))) == expected
         assert s.get(Image, b.image_id).status == "done"
+
+
+def test_a_poison_image_is_failed_at_max_attempts_not_crash_looped(home, tiny_model, shapes, monkeypatch):
+    """An image whose processing raises every time: each worker run dies with the error, but its attempts
+    stop at --max-attempts and it ends failed (not pending), so the next worker drains instead of dying."""
+    from samsearch.jobs.worker import WorkerOptions, run_worker
+
+    enqueue(home, [shapes.images[0].path], "tiny-random", ingest_options(shapes.annotations_path))
+    options = WorkerOptions(drain=True, lease_seconds=30, poll_seconds=0.1, max_attempts=2)
+    monkeypatch.setenv("SAMSEARCH_FAULT", "vector_upsert:1:raise")
+
+    def image():
+        with home.db.session() as s:
+            (img,) = s.scalars(select(Image))
+            return img.status, img.attempts, img.error
+
+    for attempt, status in ((1, "pending"), (2, "failed")):
+        faults.reset()
+        with pytest.raises(Exception, match="injected fault at vector_upsert #1"):
+            run_worker(home, options, model=tiny_model)
+        got = image()
+        assert got[:2] == (status, attempt)
+    assert got[2].startswith("failed 2 attempts, the last: an attempt failed: injected fault at vector_upsert #1")
+    faults.reset()
+    summary = run_worker(home, options, model=tiny_model)  # nothing left to claim: drains, does not die
+    assert (summary.images_claimed, summary.stopped_by) == (0, "drained")
+    assert image()[:2] == ("failed", 2)
+
+
+def test_claim_fails_a_pending_image_already_tried_max_attempts_times(home, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"x")
+    enqueue(home, [folder], "tiny-random")
+    with home.db.session() as s:
+        s.execute(update(Image).values(attempts=7))  # left pending by older code after 7 crashed attempts
+    assert claim(home, "A", 1, max_attempts=3) == []
+    with home.db.session() as s:
+        (img,) = s.scalars(select(Image))
+        assert (img.status, img.attempts) == ("failed", 7) and img.error.startswith("abandoned after 3 attempts")

@@ -109,3 +109,43 @@ def test_doctor_cli_reports_and_releases_expired_leases(tmp_path):
     assert result.exit_code == 0 and '"healthy": true' in result.stdout
     result = runner.invoke(app, ["--home", str(tmp_path / "h"), "queue", "status"])
     assert result.stdout == "pending 2, running 0, done 0, failed 0\n"
+
+
+def _ingest_two(home, tiny_model, shapes):
+    opts = IngestOptions(prompts="masks", annotations=shapes.annotations_path, dataset="d")
+    ingest(home, [shapes.images[0].path, shapes.images[1].path], tiny_model, opts, progress=False)
+    return home.vectors.count(SEGMENTS)
+
+
+def test_repair_refuses_to_delete_most_vectors(home, tiny_model, shapes):
+    n = _ingest_two(home, tiny_model, shapes)
+    assert n > 2
+    with home.db.session() as s:  # every segment row gone, the images stay: all vectors look orphaned
+        s.execute(Segment.__table__.delete())
+    report = diagnose(home, repair=True)
+    assert report.orphan_vectors == n and "orphan_vectors_deleted" not in report.repaired
+    assert report.refused_delete == f"{n} of {n} vectors would be deleted (more than 50%)"
+    assert not report.healthy_after_repair and "--allow-mass-delete" in report.not_repaired[0]
+    assert home.vectors.count(SEGMENTS) == n  # nothing deleted
+
+    forced = diagnose(home, repair=True, allow_mass_delete=True)
+    assert forced.repaired["orphan_vectors_deleted"] == n and forced.healthy_after_repair
+    assert home.vectors.count(SEGMENTS) == 0
+
+
+def test_repair_against_an_empty_database_deletes_nothing(tmp_path, tiny_model, shapes, monkeypatch):
+    from samsearch.home import Home
+
+    with Home(tmp_path / "h") as home:
+        n = _ingest_two(home, tiny_model, shapes)
+    runner = CliRunner()
+    monkeypatch.setenv("SAMSEARCH_DATABASE_URL", f"sqlite:///{tmp_path / 'other.db'}")  # the wrong database
+    result = runner.invoke(app, ["--home", str(tmp_path / "h"), "doctor", "--repair", "--quiet"])
+    assert result.exit_code == 3
+    assert f"orphan vectors:    {n}\n" in result.stdout
+    assert "has no images or segments but the vector store holds" in result.stderr
+    assert "--allow-mass-delete" in result.stderr
+    monkeypatch.delenv("SAMSEARCH_DATABASE_URL")
+    with Home(tmp_path / "h") as home:
+        assert home.vectors.count(SEGMENTS) == n
+        assert diagnose(home).problems == 0  # the right database still agrees with every vector

@@ -30,9 +30,10 @@ from PIL import Image as PILImage
 from sqlalchemy import delete, select, update
 from typer.testing import CliRunner
 
+from samsearch.bank.store import bank_collection, create_bank
 from samsearch.cli import app
 from samsearch.data.synthetic import make_dataset
-from samsearch.db import Bank, BankClass, BankVector, Base, Meta, Segment
+from samsearch.db import Base, Meta, Segment
 from samsearch.errors import EmbeddingSpaceMismatch, InputError, NotFoundError
 from samsearch.home import SEGMENTS, Home
 from samsearch.identity import EmbeddingSpace
@@ -86,17 +87,12 @@ def _build(home: Home, model, shapes) -> None:
             s.execute(update(Segment).where(Segment.id.in_(labeled)).values(label=cls, label_score=0.9))
             s.execute(update(Segment).where(Segment.id.in_(ids)).values(cluster=classes.index(cls)))
     vectors = {r.id: r.vector for b in home.vectors.scroll(SEGMENTS, with_vectors=True) for r in b}
-    # A memory bank: two centroids per class (means of two halves of the class's vectors).
-    with home.db.session() as s:
-        bank = Bank(name="shapes", model_key=model.key, settings={"k": 2})
-        s.add(bank)
-        s.flush()
-        for cls in classes:
-            ids = sorted(i for i, c in category.items() if c == cls)
-            s.add(BankClass(bank_id=bank.id, label=cls, n_instances=len(ids), n_centroids=2))
-            for half in (ids[::2], ids[1::2]):
-                centroid = np.mean([vectors[i] for i in half], axis=0).astype("<f4")
-                s.add(BankVector(bank_id=bank.id, kind="centroid", label=cls, vector=centroid.tobytes()))
+    # A memory bank: two centroids per class (means of two halves of the class's vectors), stored through the
+    # library (a class with no more distinct instances than per_class keeps them as its centroids).
+    halves = {cls: np.stack([np.mean([vectors[i] for i in half], axis=0)
+                             for half in (ids[::2], ids[1::2])])
+              for cls in classes for ids in [sorted(i for i, c in category.items() if c == cls)]}
+    create_bank(home, "shapes", halves, per_class=2)
 
 
 def _copy(src: Home, dst: Home) -> None:
@@ -110,9 +106,11 @@ def _copy(src: Home, dst: Home) -> None:
         for table, rows in tables:
             if rows:
                 s.execute(table.insert(), rows)
-    for batch in src.vectors.scroll(SEGMENTS, with_vectors=True):
-        dst.vectors.upsert(SEGMENTS, [r.id for r in batch], np.stack([r.vector for r in batch]),
-                           [r.payload for r in batch])
+    for collection in (SEGMENTS, bank_collection("shapes")):
+        dst.vectors.ensure_collection(collection, src.embedding_space().dim)
+        for batch in src.vectors.scroll(collection, with_vectors=True):
+            dst.vectors.upsert(collection, [r.id for r in batch], np.stack([r.vector for r in batch]),
+                               [r.payload for r in batch])
 
 
 def _snapshot(home: Home, root: Path, name: str) -> Corpus:
@@ -352,6 +350,8 @@ def _mask_of(size):
         (lambda c, im: search_by_segment(c.home, "not-an-id"), NotFoundError, "no segment 'not-an-id' in {root}"),
         (lambda c, im: search_by_segment(c.home, next(iter(c.category)), k=0), InputError,
          "-k must be at least 1, got 0"),
+        (lambda c, im: search_by_segment(c.home, next(iter(c.category)), k=10**9), InputError,
+         "-k must be at most 10000, got 1000000000 (narrow the search with filters instead)"),
         (lambda c, im: search_by_vector(c.home, np.ones(3)), InputError,
          "the query vector has 3 dimensions; this home's vectors have 256"),
         (lambda c, im: search_by_vector(c.home, np.ones(256), filters=SearchFilters(exclude_same_image=True)),
@@ -560,6 +560,8 @@ CLI_ERRORS = [
     (["search", "--label", "red_disc", "--bank", "shapes", "--exclude-same-image"],
      "Error: --exclude-same-image needs a --segment or --image query\n"),
     (["search", "--segment", "{segment}", "-k", "0"], "Error: -k must be at least 1, got 0\n"),
+    (["search", "--segment", "{segment}", "-k", "10001"],
+     "Error: -k must be at most 10000, got 10001 (narrow the search with filters instead)\n"),
     (["search", "--segment", "{segment}", "--min-area", "9", "--max-area", "3"],
      "Error: --min-area 9 exceeds --max-area 3\n"),
     (["search", "--segment", "{segment}", "--min-score", "2"],

@@ -139,3 +139,43 @@ def test_bad_setting_is_a_one_line_cli_error(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: cannot reach Qdrant at http://127.0.0.1:1: ")
     assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://admin:hunter22@127.0.0.1:1", "http://admin:***@127.0.0.1:1"),
+        ("http://tok3n-abc@127.0.0.1:1/", "http://***@127.0.0.1:1/"),
+        ("http://127.0.0.1:1/?api_key=hunter22&x=1", "http://127.0.0.1:1/?api_key=***&x=1"),
+        ("http://127.0.0.1:1", "http://127.0.0.1:1"),
+    ],
+)
+def test_credentials_in_the_qdrant_url_never_reach_an_error(url, shown):
+    with pytest.raises(VectorStoreError) as err:
+        ServerVectorStore(url, timeout=2)
+    msg = str(err.value)
+    assert msg.startswith(f"cannot reach Qdrant at {shown}: ")
+    assert "hunter22" not in msg and "tok3n" not in msg
+
+
+def test_credentials_in_the_qdrant_url_are_masked_in_the_cli(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from samsearch.cli import app
+
+    monkeypatch.setenv("SAMSEARCH_QDRANT_URL", "http://admin:hunter22@127.0.0.1:1")
+    monkeypatch.setenv("SAMSEARCH_QDRANT_TIMEOUT", "2")
+    result = CliRunner().invoke(app, ["--home", str(tmp_path / "h"), "stats"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: cannot reach Qdrant at http://admin:***@127.0.0.1:1: ")
+    assert "hunter22" not in result.stdout + result.stderr
+
+
+def test_credentials_in_the_url_are_masked_when_the_server_refuses():
+    with QdrantStandin(api_key="s3cret") as server:
+        url = server.url.replace("http://", "http://admin:hunter22@")
+        with pytest.raises(VectorStoreError) as err:
+            ServerVectorStore(url)
+        shown = server.url.replace("http://", "http://admin:***@")
+        assert str(err.value) == (f"Qdrant at {shown} refused the request: an API key is required "
+                                  "(set SAMSEARCH_QDRANT_API_KEY)")
