@@ -269,8 +269,8 @@ def search_by_vector(home: Home, vector: np.ndarray | Sequence[float], k: int = 
     ident = _space(home) if space == SAM_SPACE else home.space(space)
     x = np.asarray(vector, dtype=np.float32).reshape(1, -1)
     if ident is not None and x.shape[1] != ident.dim:
-        raise InputError(f"the query vector has {x.shape[1]} dimensions; this home's vectors in space {space!r} "
-                         f"have {ident.dim}")
+        where = "" if space == SAM_SPACE else f" in space {space!r}"
+        raise InputError(f"the query vector has {x.shape[1]} dimensions; this home's vectors{where} have {ident.dim}")
     if not np.isfinite(x).all() or not np.abs(x).sum():
         raise InputError("the query vector must be finite and non-zero")
     return _run(home, QueryInfo("vector", x), k, filters, min_score, started, space)
@@ -397,6 +397,7 @@ def search_by_label(home: Home, label: str, bank: str, k: int = 10, filters: Sea
     each segment once with its best score. The search runs in the bank's space (``space``, if given, must
     be that one)."""
     started = time.perf_counter()
+    _require_corpus(home)  # an empty home says so before it looks for the bank
     held = bank_space(get_bank(home, bank))
     if space is not None and space != held:
         raise InputError(f"bank {bank!r} lives in space {held!r}, not {space!r}: its centroids only compare with "

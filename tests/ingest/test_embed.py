@@ -179,3 +179,17 @@ def test_ingest_with_two_spaces_writes_what_embed_writes(tmp_path, splits, home)
     assert min(float(np.dot(one_pass[i], two_steps[i])) for i in one_pass) > 0.9999
     bad = cli(root, "ingest", str(test.root), "--spaces", SPACE)
     assert bad.exit_code == 1 and "--spaces must include sam" in bad.output
+
+
+def test_cluster_in_the_dinov2_space_writes_clusters_to_every_space(home):
+    r = cli(home, "cluster", "--space", SPACE, "--algorithm", "kmeans", "--n-clusters", "6", "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    assert summary["settings"]["space"] == SPACE and summary["segments"] == _counts(home)[0]
+    with Home(home) as h:
+        with h.db.session() as s:
+            sql = dict(s.execute(select(Segment.id, Segment.cluster)).all())
+        for coll in ("segments", space_collection(SPACE)):
+            assert {r.id: r.payload["cluster"] for b in h.vectors.scroll(coll) for r in b} == sql
+    r = cli(home, "cluster", "--space", "dinov2-s", "--algorithm", "kmeans", "--n-clusters", "6")
+    assert r.exit_code == 1 and "no vectors in space 'dinov2-s'" in r.output
