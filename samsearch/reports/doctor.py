@@ -59,10 +59,13 @@ class DoctorReport:
     not_repaired: list[str] = field(default_factory=list)
     images: int = 0
     refused_delete: str | None = None  # why --repair kept the orphan vectors
+    spaces: dict[str, Any] = field(default_factory=dict)  # extra embedding spaces (reports.space_check)
+    space_problems: list[str] = field(default_factory=list)
 
     @property
     def problems(self) -> int:
-        return self.missing_vectors + self.orphan_vectors + self.expired_leases + len(self.model_problems)
+        return (self.missing_vectors + self.orphan_vectors + self.expired_leases + len(self.model_problems)
+                + len(self.space_problems))
 
     @property
     def healthy_after_repair(self) -> bool:
@@ -74,7 +77,7 @@ class DoctorReport:
         fixed = (self.repaired.get("images_requeued", 0) >= self.images_missing_vectors
                  and self.repaired.get("orphan_vectors_deleted", 0) >= self.orphan_vectors
                  and self.repaired.get("leases_released", 0) >= self.expired_leases)
-        return fixed and not self.model_problems and not self.not_repaired
+        return fixed and not self.model_problems and not self.not_repaired and not self.space_problems
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -117,6 +120,11 @@ def diagnose(home: Home, repair: bool = False, progress: bool = False,
         else:
             report.orphan_vectors = report.in_flight_vectors = 0  # the deleting pass counts again
             _check_orphans(home, report, True, _NoBar())
+    from samsearch.reports.space_check import check_spaces
+
+    for name, health in check_spaces(home, repair).items():
+        report.spaces[name] = health.as_dict()
+        report.space_problems.extend(health.problems)
     return report
 
 

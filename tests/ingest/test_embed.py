@@ -148,6 +148,18 @@ def test_embed_killed_midway_and_rerun_leaves_exactly_one_vector_per_segment(tmp
         ids = [r.id for b in h.vectors.scroll(space_collection(SPACE)) for r in b]
         with h.db.session() as s:
             assert sorted(ids) == sorted(s.scalars(select(Segment.id)))
+    report = json.loads(cli(root, "doctor", "--json", "--quiet").output)
+    assert report["healthy"] and report["spaces"][SPACE]["missing"] == 0 == report["spaces"][SPACE]["orphans"]
+
+    # doctor finds vectors lost from a space; --repair unmarks their images and embed writes them again
+    with Home(root) as h:
+        h.vectors.delete(space_collection(SPACE), sorted(ids)[:3])
+    sick = cli(root, "doctor", "--json", "--quiet")
+    assert sick.exit_code == 3 and json.loads(sick.output)["spaces"][SPACE]["missing"] == 3
+    fixed = json.loads(cli(root, "doctor", "--repair", "--json", "--quiet").output)
+    assert fixed["healthy"] and fixed["spaces"][SPACE]["repaired"]["images_unmarked"] >= 1
+    assert cli(root, "embed", "--space", SPACE, "--quiet").exit_code == 0
+    assert _counts(root)[2] == n_seg and json.loads(cli(root, "doctor", "--json", "--quiet").output)["healthy"]
 
 
 def test_embed_refuses_the_sam_space_and_unknown_spaces(tmp_path):
