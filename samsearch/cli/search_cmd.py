@@ -136,6 +136,9 @@ def search(
     gallery: Path = typer.Option(None, "--gallery", metavar="OUT.html",
                                  help="Also write OUT.html: the query and each hit as a picture "
                                       "(self-contained, opens from disk)."),
+    space_weights: Path = typer.Option(None, "--space-weights", metavar="DIR",
+                                       help="Image queries in a --space other than sam: a local copy of its "
+                                            "weights [default: the cached official ones]."),
     space: str = typer.Option(None, "--space", metavar="NAME",
                               help="Embedding space to compare in: sam, or one added with `samsearch embed` "
                                    "(e.g. dinov2-b) [default: sam; a --bank query: the bank's]."),
@@ -165,13 +168,12 @@ def search(
             "negative_points": [parse_point(p, "--negative-point") for p in negative_point or []],
             "mask": mask,
         }
-    if kind == "image" and space not in (None, "sam"):
-        raise InputError("--image queries are embedded by SAM, so they search the sam space only (drop --space)")
     with cli_home(ctx) as home:
         if kind == "segment":
             results = search_by_segment(home, segment, **common, space=space or "sam")
         elif kind == "image":
-            results = search_by_image(home, image, **prompt, checkpoint=checkpoint, device=device, **common)
+            results = search_by_image(home, image, **prompt, checkpoint=checkpoint, device=device, **common,
+                                      space=space or "sam", space_weights=space_weights)
         else:
             results = search_by_label(home, label, bank, **common, space=space)
     if gallery is not None:

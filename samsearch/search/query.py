@@ -356,17 +356,20 @@ def search_by_image(
     min_score: float | None = None,
     checkpoint: Path | str | None = None,
     device: str | None = None,
+    space: str = SAM_SPACE,
+    space_weights: Path | str | None = None,
 ) -> SearchResults:
     """Segments like the one marked on ``image`` (which need not be in the corpus) by a box
     ``(x0, y0, x1, y1)``, points (foreground; ``negative_points`` background), or a mask (H×W array or a
     mask image file). SAM runs with the home's own model (see :func:`model_for_home`), and the segment
-    is embedded exactly as ingest embeds one."""
+    is embedded exactly as ingest embeds one; in another ``space`` SAM's mask is pooled in that space's
+    backbone (its weights must be the ones of the home's vectors: cached, or ``space_weights``)."""
     from samsearch.data.imageio import ImageLoadError, load_image
     from samsearch.data.masks import mask_to_rle
     from samsearch.search.prompt import Prompt, check_prompt, embed_prompted_segment, load_mask_file
 
     started = time.perf_counter()
-    _require_corpus(home)
+    _require_corpus(home, space)
     _check_k(k, min_score)
     if box is not None:
         box = tuple(float(v) for v in box)
@@ -386,9 +389,20 @@ def search_by_image(
     (filters or SearchFilters()).to_filter(loaded.content_hash)  # bad filters fail before SAM runs
     model = model_for_home(home, model, checkpoint, device)
     emb = embed_prompted_segment(model, loaded.rgb, prompt)
-    query = QueryInfo("image", emb.vector[None, :], image_path=str(image), image_hash=loaded.content_hash,
+    vector = emb.vector
+    if space != SAM_SPACE:
+        from samsearch.spaces.dinov2 import embed_segments, load_space
+
+        sm = load_space(space, None if space_weights is None else Path(space_weights), str(model.device))
+        held = home.space(space)
+        if sm.space != held:
+            raise InputError(f"space {space!r} here holds vectors from {held.describe()}; the loaded weights are "
+                             f"{sm.space.describe()} (pass --weights with the home's copy)")
+        vectors, _ = embed_segments(sm, loaded.rgb, emb.mask[None])
+        vector = vectors[0].cpu().numpy().astype(np.float32)
+    query = QueryInfo("image", vector[None, :], image_path=str(image), image_hash=loaded.content_hash,
                       prompt=prompt.describe(), predicted_iou=emb.predicted_iou, rle=mask_to_rle(emb.mask))
-    return _run(home, query, k, filters, min_score, started)
+    return _run(home, query, k, filters, min_score, started, space)
 
 
 def search_by_label(home: Home, label: str, bank: str, k: int = 10, filters: SearchFilters | None = None,

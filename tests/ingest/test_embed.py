@@ -205,3 +205,27 @@ def test_cluster_in_the_dinov2_space_writes_clusters_to_every_space(home):
             assert {r.id: r.payload["cluster"] for b in h.vectors.scroll(coll) for r in b} == sql
     r = cli(home, "cluster", "--space", "dinov2-s", "--algorithm", "kmeans", "--n-clusters", "6")
     assert r.exit_code == 1 and "no vectors in space 'dinov2-s'" in r.output
+
+
+def test_image_query_in_the_dinov2_space_pools_the_prompted_mask(home, splits, tmp_path):
+    """``search --space SPACE --image I --mask M``: SAM's segment for the prompt, pooled in SPACE's backbone;
+    the query is a stored object's own mask, so its stored segment comes back first with score ~1."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from samsearch.data.masks import rle_to_mask
+
+    with Home(home) as h, h.db.session() as s:
+        from samsearch.db import Image as ImageRow
+
+        row = s.execute(select(Segment, ImageRow.path).join(ImageRow, ImageRow.id == Segment.image_id)
+                        .order_by(Segment.id)).first()
+        seg, path, rle, cls = row[0].id, row[1], row[0].rle, row[0].annotation_category
+    mask_png = tmp_path / "mask.png"
+    PILImage.fromarray((rle_to_mask(rle) * 255).astype(np.uint8)).save(mask_png)
+    r = cli(home, "search", "--space", SPACE, "--image", str(path), "--mask", str(mask_png), "-k", "3",
+            "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    hits = json.loads(r.output)["hits"]
+    assert hits[0]["segment_id"] == seg and hits[0]["score"] > 0.999
+    assert sum(h["annotation_category"] == cls for h in hits) >= 2
