@@ -9,15 +9,16 @@ labeled shapes with their COCO files) and the home ``my-home``. The one substitu
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
-from conftest import repo_root
 
 SUBSTITUTIONS = {'"vit_b"': '"tiny-random"'}
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _snippets() -> list[tuple[int, str]]:
-    text = (repo_root() / "README.md").read_text()
+    text = README.read_text()
     out = []
     for m in re.finditer(r"^```python\n(.*?)^```", text, re.M | re.S):
         line = text[: m.start()].count("\n") + 1
@@ -26,7 +27,7 @@ def _snippets() -> list[tuple[int, str]]:
 
 
 def test_the_readme_has_python_snippets_and_closes_every_fence():
-    text = (repo_root() / "README.md").read_text()
+    text = README.read_text()
     assert len(_snippets()) >= 5
     assert len(re.findall(r"^```", text, re.M)) % 2 == 0
 

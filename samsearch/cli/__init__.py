@@ -22,6 +22,7 @@ from samsearch.cli import (  # noqa: F401  (registers commands)
     queue_cmd,
     search_cmd,
     semantic_cmd,
+    serve_cmd,
     stats_cmd,
     worker_cmd,
 )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ from samsearch.data.coco import AnnotationError, CocoAnnotations, load_coco
 from samsearch.data.imageio import ImageLoadError, collect_image_paths, decode_image, read_bytes_and_hash
 from samsearch.db.runs import recorded_run
 from samsearch.errors import InputError
-from samsearch.home import Home
+from samsearch.home import SEGMENTS, Home
 from samsearch.ingest.claim import claim_image, mark_failed
 from samsearch.ingest.containers import (
     ClaimedImage,
@@ -245,18 +246,25 @@ class Ingestor:
                 return summary.as_dict()
 
             run.counts = counts
-            if self.execution.pipeline:
-                from samsearch.ingest.pipeline import run_pipeline
+            # No vector index builds while images flow (they stall the process); one at the end.
+            with self.home.vectors.bulk_load(SEGMENTS, report=report_line if progress else None):
+                if self.execution.pipeline:
+                    from samsearch.ingest.pipeline import run_pipeline
 
-                run_pipeline(self, paths, run.id, summary, timings, progress, on_image)
-            else:
-                from tqdm import tqdm
+                    run_pipeline(self, paths, run.id, summary, timings, progress, on_image)
+                else:
+                    from tqdm import tqdm
 
-                for path in tqdm(paths, desc="ingest", unit="img", disable=not progress):
-                    self.ingest_one(path, run.id, summary, timings)
-                    if on_image is not None:
-                        on_image(path)
+                    for path in tqdm(paths, desc="ingest", unit="img", disable=not progress):
+                        self.ingest_one(path, run.id, summary, timings)
+                        if on_image is not None:
+                            on_image(path)
         return summary
+
+
+def report_line(message: str) -> None:
+    """A status line for a long step (the vector index build) on stderr, beside the progress bars."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def _sync(model: LoadedModel) -> None:

@@ -29,9 +29,9 @@ from samsearch.data.imageio import ImageLoadError, read_bytes_and_hash
 from samsearch.db import Run
 from samsearch.db.engine import DatabaseError
 from samsearch.errors import InputError, one_line
-from samsearch.home import Home
+from samsearch.home import SEGMENTS, Home
 from samsearch.ingest.containers import ClaimedImage, Failure, IngestSummary, LeaseLost
-from samsearch.ingest.ingestor import Ingestor
+from samsearch.ingest.ingestor import Ingestor, report_line
 from samsearch.ingest.options import STAGES
 from samsearch.jobs.work_queue import (
     DEFAULT_LEASE_SECONDS,
@@ -151,16 +151,22 @@ class Worker:
         done_beating = threading.Event()
         self._done_beating = done_beating
         heartbeat.start()
+        # A run that ends (drain, max_images) builds the vector index once, at the end; one that waits for
+        # work forever keeps the store's incremental builds.
+        bounded = self.options.drain or self.options.max_images is not None
+        bulk = (self.home.vectors.bulk_load(SEGMENTS, report=report_line if self.progress else None)
+                if bounded else contextlib.nullcontext())
         try:
-            if len(self.owners) == 1:
-                self._loop_guarded(self.owners[0])
-            else:
-                loops = [threading.Thread(target=self._loop_guarded, args=(o,), name=f"claim-loop-{i}")
-                         for i, o in enumerate(self.owners)]
-                for t in loops:
-                    t.start()
-                for t in loops:
-                    t.join()
+            with bulk:
+                if len(self.owners) == 1:
+                    self._loop_guarded(self.owners[0])
+                else:
+                    loops = [threading.Thread(target=self._loop_guarded, args=(o,), name=f"claim-loop-{i}")
+                             for i, o in enumerate(self.owners)]
+                    for t in loops:
+                        t.start()
+                    for t in loops:
+                        t.join()
         finally:
             done_beating.set()
             heartbeat.join()

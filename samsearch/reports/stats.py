@@ -59,3 +59,18 @@ def collect_stats(home: Home, max_failures: int = 50) -> dict[str, Any]:
         "models": by_model,
         "failures": failures,
     }
+
+
+def label_counts(home: Home) -> list[dict[str, Any]]:
+    """Segments per label (facets), most frequent first; ``label`` None counts the unlabeled ones.
+    ``by_source`` splits each count by who set it (manual, bank, cluster)."""
+    with home.db.session() as s:
+        rows = s.execute(select(Segment.label, Segment.label_source, func.count())
+                         .group_by(Segment.label, Segment.label_source)).all()
+    out: dict[str | None, dict[str, Any]] = {}
+    for label, source, n in rows:
+        entry = out.setdefault(label, {"label": label, "count": 0, "by_source": {}})
+        entry["count"] += int(n)
+        if source is not None:
+            entry["by_source"][source] = entry["by_source"].get(source, 0) + int(n)
+    return sorted(out.values(), key=lambda e: (-e["count"], e["label"] is None, e["label"] or ""))

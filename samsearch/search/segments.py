@@ -12,7 +12,7 @@ from sqlalchemy import bindparam, select
 
 from samsearch.data.masks import rle_to_mask
 from samsearch.db import Image, Segment
-from samsearch.errors import NotFoundError
+from samsearch.errors import InputError, NotFoundError
 from samsearch.home import Home
 
 # Columns read for a segment: plain columns (no ORM entities), so fetching a page of hits stays cheap.
@@ -74,3 +74,24 @@ def get_segment(home: Home, segment_id: str) -> SegmentInfo:
     if found is None:
         raise NotFoundError(f"no segment {segment_id!r} in {home.root}")
     return found
+
+
+def list_segments(home: Home, limit: int = 100, offset: int = 0, dataset: str | None = None,
+                  label: str | None = None, cluster: int | None = None) -> list[SegmentInfo]:
+    """One page of stored segments (ordered by image, then id), optionally only those of ``dataset``,
+    carrying ``label``, or in ``cluster``. Reads SQL only, so a page costs the same at any corpus size
+    up to the offset scan."""
+    if not 1 <= limit <= 1000:
+        raise InputError(f"limit must be 1..1000, got {limit}")
+    if offset < 0:
+        raise InputError(f"offset must be >= 0, got {offset}")
+    query = select(*_COLUMNS).join(Image, Image.id == Segment.image_id)
+    if dataset is not None:
+        query = query.where(Image.dataset == dataset)
+    if label is not None:
+        query = query.where(Segment.label == label)
+    if cluster is not None:
+        query = query.where(Segment.cluster == cluster)
+    query = query.order_by(Segment.image_id, Segment.id).limit(limit).offset(offset)
+    with home.db.engine.connect() as conn:
+        return [_info(row) for row in conn.execute(query)]

@@ -12,7 +12,7 @@ backend into its native filter, so filtering always runs inside the store.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -165,6 +165,11 @@ class VectorStore(Protocol):
     def deferred_flush(self) -> AbstractContextManager[None]:
         """Writes inside the block skip their per-write flush; one flush happens on exit. A process crash
         inside loses nothing already written (the WAL has it); a power cut may lose the block's writes."""
+
+    def bulk_load(self, name: str, report: Callable[[str], None] | None = None) -> AbstractContextManager[None]:
+        """Many writes to ``name`` follow (ingest, ``worker --drain``): build no vector index while inside;
+        when the outermost block ends normally, the index covers everything written (``report`` gets a line
+        at the start and end of a build that takes time). A no-op where the store indexes by itself."""
 
     def count(self, name: str, flt: Filter | None = None) -> int: ...
 

@@ -5,14 +5,15 @@ returns, so a write survives a crash of this process (kill -9) without a flush; 
 WAL and segments, which is what survives a power cut or kernel crash. With ``fsync=True`` (default)
 every write method flushes before it returns.
 
-Indexing: Edge runs no background optimizer, so a shard stays one brute-force segment until
-``optimize`` builds HNSW. This store runs it inside ``upsert`` once ``index_threshold`` points (or 10%
-of the collection, whichever is more) were written since the last run, and on demand through
-:meth:`EdgeVectorStore.optimize`. qdrant-edge 0.9.0 holds the GIL during upsert, scroll, flush and
-optimize, so an optimize blocks every Python thread of the process (seconds per 20k new 256-d points on
-2 cores). Payload updates release it but take it back often: next to a Python thread that never waits,
-a 60k-point ``set_payload`` took 19 s instead of under one, so bulk jobs keep other threads in C code
-(SQL statements) while payloads are written.
+Indexing: Edge runs no background optimizer, so a shard stays one brute-force segment until ``optimize``
+builds HNSW. This store runs it inside ``upsert`` once ``index_threshold`` points (or 10% of the
+collection, whichever is more) were written since the last run, and on demand through
+:meth:`EdgeVectorStore.optimize`; inside :meth:`EdgeVectorStore.bulk_load` (ingest, ``worker --drain``)
+no build runs until the block ends, then one build covers the whole run. qdrant-edge 0.9.0 holds the GIL
+during upsert, scroll, flush and optimize, so an optimize blocks every Python thread of the process
+(seconds per 20k new 256-d points on 2 cores). Payload updates release it but take it back often: next
+to a Python thread that never waits, a 60k-point ``set_payload`` took 19 s instead of under one, so bulk
+jobs keep other threads in C code (SQL statements) while payloads are written.
 
 Filtering: the payload fields of ``base`` get keyword/integer/float indexes; ``dataset``, ``label`` and
 ``cluster`` also get per-value HNSW links (see ``LINKED_FIELDS``). A filter covered by links walks the
@@ -36,7 +37,8 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +172,7 @@ class EdgeVectorStore:
         self.hnsw_ef = hnsw_ef
         self._lock = threading.RLock()
         self._open: dict[str, _Collection] = {}
+        self._bulk: dict[str, int] = {}  # collection -> open bulk_load blocks (no index builds while > 0)
 
     # -- collections -----------------------------------------------------------------------------
     def _dir(self, name: str) -> Path:
@@ -302,7 +305,7 @@ class EdgeVectorStore:
             coll = self._get(name)
             self._write(name, coll, qe.UpdateOperation.upsert_points(points), "upsert")
             coll.since_optimize += len(points)
-            if coll.wants_optimize(self.index_threshold):
+            if name not in self._bulk and coll.wants_optimize(self.index_threshold):
                 self._optimize(name, coll)
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
@@ -342,6 +345,45 @@ class EdgeVectorStore:
                 self.fsync = saved
             if saved:
                 self.flush()
+
+    @contextmanager
+    def bulk_load(self, name: str, report: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Writes to ``name`` inside build no index (each incremental build holds the GIL and stalls the
+        whole process, and the builds together cost more than one at the end); on a normal exit of the
+        outermost block, one build covers everything not yet indexed, so search is at indexed speed when
+        the block returns. ``report`` gets a line when the build starts and when it ends. A crash before or
+        during the build loses nothing (the WAL has every write): the next ``bulk_load`` exit, or the next
+        ``upsert`` past the threshold, or ``optimize``, builds what is still unindexed."""
+        with self._lock:
+            self._bulk[name] = self._bulk.get(name, 0) + 1
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            with self._lock:
+                self._bulk[name] -= 1
+                outermost = self._bulk[name] == 0
+                if outermost:
+                    del self._bulk[name]
+                if outermost and ok and self.has_collection(name):
+                    self._build_after_bulk(name, report)
+
+    def _build_after_bulk(self, name: str, report: Callable[[str], None] | None) -> None:
+        coll = self._get(name)
+        if coll.since_optimize <= 0:
+            return
+        total = coll.size_at_optimize + coll.since_optimize
+        if report is not None:
+            report(f"building the vector index of {name!r} ({coll.since_optimize:,} new of ~{total:,} points; "
+                   "the process is busy until it ends)")
+        t0 = time.perf_counter()
+        self._optimize(name, coll)
+        if self.fsync:
+            with self._errors("flush", name):
+                coll.shard.flush()
+        if report is not None:
+            report(f"built the vector index of {name!r} in {time.perf_counter() - t0:.1f} s")
 
     # -- index maintenance ---------------------------------------------------------------------------
     def _optimize(self, name: str, coll: _Collection) -> None:

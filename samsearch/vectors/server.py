@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -551,6 +551,12 @@ class ServerVectorStore:
     @contextlib.contextmanager
     def deferred_flush(self) -> Iterator[None]:
         """Nothing to defer: the server applies and logs every write (wait=True) before it answers."""
+        yield
+
+    @contextlib.contextmanager
+    def bulk_load(self, name: str, report: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Nothing to do: the server indexes in its own background optimizer, and no write here waits for
+        it (upserts wait for the WAL and apply, not for indexing)."""
         yield
 
     def count(self, name: str, flt: Filter | None = None) -> int:

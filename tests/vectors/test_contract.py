@@ -6,9 +6,11 @@ Expected results come from numpy brute force and from a plain-Python reading of 
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -460,4 +462,102 @@ def test_edge_rejects_bad_collection_names(tmp_path: Path):
     for bad in ("../x", "a/b", "", ".hidden"):
         with pytest.raises(VectorStoreError):
             s.ensure_collection(bad, DIM)
+    s.close()
+
+
+def test_bulk_load_keeps_writes_visible_and_counts_right(store):
+    """Inside bulk_load every write is searchable at once; after it, nothing is lost (both backends)."""
+    rng = np.random.default_rng(8)
+    ids, x = new_ids(300), unit(rng, 300)
+    lines: list[str] = []
+    with store.bulk_load(COLL, report=lines.append):
+        with store.bulk_load(COLL):  # nested: only the outermost exit builds
+            store.upsert(COLL, ids[:150], x[:150], [{"image_id": i} for i in range(150)])
+        assert store.search(COLL, x[10], k=1)[0].id == ids[10]
+        store.upsert(COLL, ids[150:], x[150:], [{"image_id": i} for i in range(150, 300)])
+    assert store.count(COLL) == 300
+    assert store.search(COLL, x[200], k=1)[0].id == ids[200]
+
+
+def _edge_info(s: EdgeVectorStore):
+    return s._get(COLL).shard.info()  # white box: how many points HNSW covers
+
+
+def test_edge_bulk_load_defers_the_index_to_one_build_at_the_end(tmp_path):
+    """With a threshold upsert would pass 4 times, bulk_load builds nothing until it ends, then indexes
+    everything once and says so; results stay exact."""
+    rng = np.random.default_rng(9)
+    s = EdgeVectorStore(tmp_path / "vectors", index_threshold=500, fsync=False)
+    s.ensure_collection(COLL, DIM)
+    ids, x = new_ids(2500), unit(rng, 2500)
+    lines: list[str] = []
+    with s.bulk_load(COLL, report=lines.append):
+        for start in range(0, 2500, 250):
+            s.upsert(COLL, ids[start : start + 250], x[start : start + 250],
+                     [{"image_id": i % 10, "dataset": "d"} for i in range(start, start + 250)])
+            assert _edge_info(s).indexed_vectors_count == 0
+        assert lines == []
+    info = _edge_info(s)
+    assert info.points_count == 2500 and info.indexed_vectors_count == 2500
+    assert len(lines) == 2 and lines[0].startswith("building the vector index") and "built" in lines[1]
+    for q in unit(rng, 3):
+        top = np.argsort(-(x @ q))[:10]
+        assert [h.id for h in s.search(COLL, q, k=10, exact=True)] == [ids[i] for i in top]
+        assert s.search(COLL, q, k=1)[0].id == ids[top[0]]
+    # A block that fails builds nothing (the next bulk_load or threshold does); a later clean one does.
+    with pytest.raises(RuntimeError), s.bulk_load(COLL, report=lines.append):
+        s.upsert(COLL, new_ids(600), unit(rng, 600), [{"image_id": 1}] * 600)
+        raise RuntimeError("stop")
+    assert len(lines) == 2 and _edge_info(s).indexed_vectors_count == 2500
+    with s.bulk_load(COLL, report=lines.append):
+        pass
+    assert _edge_info(s).indexed_vectors_count == 3100 and len(lines) == 4
+    s.close()
+
+
+def test_edge_sigkill_during_the_final_build_leaves_a_store_the_next_run_finishes(tmp_path):
+    """A process killed (SIGKILL) while bulk_load's closing index build runs: the reopened store has every
+    point, searches right, and the next bulk_load exit completes the index."""
+    n = 60_000
+    code = f"""
+import sys, uuid, numpy as np
+from samsearch.vectors.edge import EdgeVectorStore
+s = EdgeVectorStore({str(tmp_path / "vectors")!r}, fsync=False, index_threshold=1000)
+s.ensure_collection({COLL!r}, {DIM})
+x = np.random.default_rng(1).standard_normal(({n}, {DIM})).astype(np.float32)
+def say(line):
+    print(line, flush=True)
+with s.bulk_load({COLL!r}, report=say):
+    for start in range(0, {n}, 10_000):
+        ids = [str(uuid.UUID(int=i + 1)) for i in range(start, start + 10_000)]
+        payloads = [{{"image_id": i % 7}} for i in range(start, start + 10_000)]
+        s.upsert({COLL!r}, ids, x[start : start + 10_000], payloads)
+print("never", flush=True)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                            stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("building the vector index"), line
+    time.sleep(0.5)  # well inside the build (it takes seconds for this many points)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    proc.stdout.close()
+
+    x = np.random.default_rng(1).standard_normal((n, DIM)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = [str(uuid.UUID(int=i + 1)) for i in range(n)]
+    s = EdgeVectorStore(tmp_path / "vectors", index_threshold=1000, fsync=False)
+    assert s.count(COLL) == n
+    assert s.count(COLL, Filter.of(Match("image_id", 3))) == len(range(3, n, 7))
+    q = x[123]
+    assert s.search(COLL, q, k=1)[0].id == ids[123]
+    lines: list[str] = []
+    with s.bulk_load(COLL, report=lines.append):  # the next run writes nothing new, yet finishes the index
+        pass
+    info = _edge_info(s)
+    assert info.points_count == n and info.indexed_vectors_count == n
+    assert len(lines) == 2
+    top = np.argsort(-(x @ q))[:10]
+    assert [h.id for h in s.search(COLL, q, k=10)][:5] == [ids[i] for i in top[:5]]
     s.close()

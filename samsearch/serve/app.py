@@ -1,0 +1,372 @@
+"""The Starlette application: JSON routes over one open :class:`~samsearch.home.Home`.
+
+Rules every route follows:
+
+* errors are ``{"error": "<one line>"}`` with a 4xx/5xx status, never a traceback (unexpected ones are
+  logged on the server's stderr and answered 500 "internal error");
+* with a token, every ``/api`` request needs ``Authorization: Bearer <token>`` (401 otherwise);
+* in read-only mode every write (any method but GET/HEAD under ``/api``, except ``POST /api/search``, a
+  read) is 403;
+* a segment id from the request is only ever a key for a SQL lookup: images are read from the paths the
+  home registered at ingest, so no path from a request reaches the file system.
+
+Handlers are plain functions: Starlette runs them in its thread pool, so several clients are served at
+once; the stores keep their own rules (Edge serialises its calls; SQLite has one writer at a time).
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+import json
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from samsearch.bank.classify import set_manual_labels
+from samsearch.bank.store import list_banks
+from samsearch.cluster.naming import name_cluster
+from samsearch.data.imageio import ImageLoadError, load_image
+from samsearch.errors import EmbeddingSpaceMismatch, InputError, NotFoundError, SamsearchError, one_line
+from samsearch.home import Home
+from samsearch.reports.clusters import cluster_report, list_runs
+from samsearch.reports.gallery import render_crop
+from samsearch.reports.stats import collect_stats, label_counts
+from samsearch.search.query import SearchFilters, search_by_segment
+from samsearch.search.segments import SegmentInfo, get_segment, list_segments
+from samsearch.serve.page import PAGE
+from samsearch.vectors import VectorStoreError
+
+API_SCHEMA = "samsearch.api/v1"
+MAX_BODY = 1 << 20  # JSON bodies; no route takes more than a list of ids
+MAX_IDS = 10_000
+MAX_ID_LEN = 100
+READS_BY_POST = {"/api/search"}  # a POST only because the query is a body; allowed in read-only mode
+log = logging.getLogger("samsearch.serve")
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": one_line(message)}, status_code=status)
+
+
+def _status_for(exc: Exception) -> tuple[int, str]:
+    if isinstance(exc, HttpError):
+        return exc.status, str(exc)
+    if isinstance(exc, NotFoundError):
+        return 404, str(exc)
+    if isinstance(exc, InputError):
+        return 400, str(exc)
+    if isinstance(exc, EmbeddingSpaceMismatch):
+        return 409, str(exc)
+    if isinstance(exc, VectorStoreError):
+        return 503, str(exc)
+    if isinstance(exc, SamsearchError):
+        return 400, str(exc)
+    if isinstance(exc, OperationalError) and "locked" in str(exc.orig):
+        return 409, "the database is busy with another writer (a worker or job); try again when it is done"
+    return 500, "internal error (see the server log)"
+
+
+# -- request parsing ---------------------------------------------------------------------------------
+
+
+def _segment_id(request: Request) -> str:
+    sid = request.path_params["id"]
+    if not sid or len(sid) > MAX_ID_LEN or not sid.isprintable():
+        raise HttpError(404, "no such segment")
+    return sid
+
+
+def _int_param(request: Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HttpError(400, f"{name} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise HttpError(400, f"{name} must be {lo}..{hi}, got {value}")
+    return value
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise HttpError(413, f"request body over {MAX_BODY} bytes")
+    try:
+        data = json.loads(body or b"null")
+    except ValueError:
+        raise HttpError(400, "the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise HttpError(400, "the request body must be a JSON object")
+    return data
+
+
+def _check_keys(data: dict[str, Any], allowed: set[str], what: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise HttpError(400, f"unknown field(s) in {what}: {', '.join(map(repr, unknown))} "
+                             f"(allowed: {', '.join(sorted(allowed))})")
+
+
+def _typed(data: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+    value = data.get(key, default)
+    if value is None:
+        return default
+    # bool is an int in Python: never accept true for a number
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise HttpError(400, f"{key} has the wrong type (bool)")
+    if not isinstance(value, kind):
+        raise HttpError(400, f"{key} has the wrong type ({type(value).__name__})")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise HttpError(400, f"{key} must be finite")
+    return value
+
+
+_FILTER_KEYS = {"dataset", "label", "cluster", "image_id", "min_area", "max_area", "exclude_same_image"}
+_SEARCH_KEYS = {"segment_id", "k", "min_score", "filters"}
+_NOT_YET = {"image", "text", "positive", "negative", "prompt", "box", "points", "mask", "mmr"}
+
+
+def _filters(raw: Any) -> SearchFilters:
+    if raw is None:
+        return SearchFilters()
+    if not isinstance(raw, dict):
+        raise HttpError(400, "filters must be a JSON object")
+    _check_keys(raw, _FILTER_KEYS, "filters")
+    dataset = raw.get("dataset")
+    if dataset is not None and not (isinstance(dataset, str) or (
+            isinstance(dataset, list) and dataset and all(isinstance(d, str) for d in dataset))):
+        raise HttpError(400, "filters.dataset must be a name or a non-empty list of names")
+    return SearchFilters(
+        dataset=dataset, label=_typed(raw, "label", str), cluster=_typed(raw, "cluster", int),
+        image_id=_typed(raw, "image_id", int), min_area=_typed(raw, "min_area", int),
+        max_area=_typed(raw, "max_area", int),
+        exclude_same_image=bool(_typed(raw, "exclude_same_image", bool, False)),
+    )
+
+
+def _ids(value: Any) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(i, str) for i in value):
+        raise HttpError(400, "segment_ids must be a non-empty list of segment id strings")
+    if len(value) > MAX_IDS:
+        raise HttpError(400, f"at most {MAX_IDS} segment ids per request, got {len(value)}")
+    return value
+
+
+def segment_dict(seg: SegmentInfo, with_mask: bool = True) -> dict[str, Any]:
+    d = {"segment_id": seg.segment_id, "image_id": seg.image_id, "image_path": seg.image_path,
+         "dataset": seg.dataset, "bbox_xywh": list(seg.bbox_xywh), "area": seg.area, "height": seg.height,
+         "width": seg.width, "source": seg.source, "annotation_category": seg.annotation_category,
+         "label": seg.label, "label_score": seg.label_score, "cluster": seg.cluster}
+    if with_mask:
+        d["mask"] = seg.rle
+    return d
+
+
+# -- the application ---------------------------------------------------------------------------------
+
+
+def create_app(home: Home, read_only: bool = False, token: str | None = None) -> Starlette:
+    """The ASGI app serving ``home`` (which the caller opens and closes)."""
+    if token is not None and not token:
+        raise InputError("--token must not be empty")
+
+    def json_route(fn: Callable[..., Any]) -> Callable[[Request], Any]:
+        """A handler whose work (store calls) runs in the thread pool, with errors as JSON."""
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                result = await fn(request)
+            except Exception as exc:  # the one boundary: map, never leak a traceback
+                status, message = _status_for(exc)
+                if status == 500:
+                    log.exception("unexpected error on %s %s", request.method, request.url.path)
+                return _error(status, message)
+            return result if isinstance(result, Response) else JSONResponse(result)
+
+        return endpoint
+
+    def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return run_in_threadpool(fn, *args, **kwargs)
+
+    async def stats(request: Request) -> Any:
+        data = await call(collect_stats, home)
+        return {"schema": API_SCHEMA, **data}
+
+    async def segments(request: Request) -> Any:
+        q = request.query_params
+        for name in ("dataset", "label"):
+            if name in q and not q[name]:
+                raise HttpError(400, f"{name} must not be empty")
+        page = await call(
+            list_segments, home, limit=_int_param(request, "limit", 60, 1, 1000),
+            offset=_int_param(request, "offset", 0, 0, 2**62), dataset=q.get("dataset"), label=q.get("label"),
+            cluster=_int_param(request, "cluster", None, -(2**31), 2**31))
+        return {"schema": API_SCHEMA, "segments": [segment_dict(s, with_mask=False) for s in page]}
+
+    async def segment(request: Request) -> Any:
+        seg = await call(get_segment, home, _segment_id(request))
+        return {"schema": API_SCHEMA, **segment_dict(seg)}
+
+    def _crop_png(sid: str, size: int) -> bytes:
+        seg = get_segment(home, sid)
+        try:
+            rgb = load_image(seg.image_path).rgb  # the path the home registered, never one from the request
+        except (ImageLoadError, OSError):
+            raise HttpError(410, f"segment {sid}: its image is no longer readable") from None
+        mask = seg.mask()
+        if mask.shape != rgb.shape[:2]:
+            raise HttpError(409, f"segment {sid}: the file at its image path changed size since ingest")
+        buf = io.BytesIO()
+        render_crop(rgb, mask, size=size).save(buf, format="PNG")
+        return buf.getvalue()
+
+    async def crop(request: Request) -> Any:
+        size = _int_param(request, "size", 160, 16, 512)
+        png = await call(_crop_png, _segment_id(request), size)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=60"})
+
+    async def search(request: Request) -> Any:
+        data = await _json_body(request)
+        asked = sorted(set(data) & _NOT_YET)
+        if asked:
+            raise HttpError(400, f"{', '.join(asked)}: not supported by this server yet (search by segment_id)")
+        _check_keys(data, _SEARCH_KEYS, "the search request")
+        sid = data.get("segment_id")
+        if not isinstance(sid, str) or not sid:
+            raise HttpError(400, "segment_id (a string) is required")
+        k = _typed(data, "k", int, 10)
+        min_score = _typed(data, "min_score", (int, float))
+        results = await call(search_by_segment, home, sid, k=k, filters=_filters(data.get("filters")),
+                             min_score=None if min_score is None else float(min_score))
+        return results.as_dict()
+
+    async def labels(request: Request) -> Any:
+        data = await _json_body(request)
+        _check_keys(data, {"segment_ids", "label"}, "the labels request")
+        ids = _ids(data.get("segment_ids"))
+        label = data.get("label")
+        if not isinstance(label, str):
+            raise HttpError(400, "label (a string) is required")
+        n = await call(set_manual_labels, home, ids, label)
+        return {"schema": API_SCHEMA, "label": label, "requested": len(set(ids)), "labeled": n}
+
+    async def facets(request: Request) -> Any:
+        return {"schema": API_SCHEMA, "labels": await call(label_counts, home)}
+
+    async def clusters(request: Request) -> Any:
+        return {"schema": API_SCHEMA, "runs": await call(list_runs, home)}
+
+    async def cluster_run(request: Request) -> Any:
+        top = _int_param(request, "top", 8, 1, 100)
+        report = await call(cluster_report, home, request.path_params["run"], top)
+        return {"schema": API_SCHEMA, **report.as_dict()}
+
+    async def name(request: Request) -> Any:
+        data = await _json_body(request)
+        _check_keys(data, {"label", "overwrite_manual"}, "the name request")
+        label = data.get("label")
+        if not isinstance(label, str):
+            raise HttpError(400, "label (a string) is required")
+        summary = await call(name_cluster, home, request.path_params["run"], request.path_params["cluster"],
+                             label, overwrite_manual=bool(_typed(data, "overwrite_manual", bool, False)))
+        return {"schema": API_SCHEMA, **summary.as_dict()}
+
+    async def banks(request: Request) -> Any:
+        return {"schema": API_SCHEMA, "banks": [b.as_dict() for b in await call(list_banks, home)]}
+
+    async def page(request: Request) -> Response:
+        return HTMLResponse(PAGE, headers={"Content-Security-Policy": "default-src 'self'; "
+                                           "script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; "
+                                           "img-src 'self' blob:"})
+
+    routes = [
+        Route("/", page, methods=["GET"]),
+        Route("/api/stats", json_route(stats), methods=["GET"]),
+        Route("/api/segments", json_route(segments), methods=["GET"]),
+        Route("/api/segments/{id}", json_route(segment), methods=["GET"]),
+        Route("/api/segments/{id}/crop.png", json_route(crop), methods=["GET"]),
+        Route("/api/search", json_route(search), methods=["POST"]),
+        Route("/api/labels", json_route(labels), methods=["POST"]),
+        Route("/api/labels", json_route(facets), methods=["GET"]),
+        Route("/api/clusters", json_route(clusters), methods=["GET"]),
+        Route("/api/clusters/{run}", json_route(cluster_run), methods=["GET"]),
+        Route("/api/clusters/{run}/{cluster:int}/name", json_route(name), methods=["POST"]),
+        Route("/api/banks", json_route(banks), methods=["GET"]),
+    ]
+
+    async def guard(scope: Any, receive: Any, send: Any) -> None:
+        """Token and read-only checks for every ``/api`` request, before any route runs."""
+        if scope["type"] == "http" and scope["path"].startswith("/api"):
+            request = Request(scope)
+            if token is not None:
+                given = request.headers.get("authorization", "")
+                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                    response = _error(401, "missing or wrong token (send Authorization: Bearer <token>)")
+                    response.headers["WWW-Authenticate"] = "Bearer"
+                    await response(scope, receive, send)
+                    return
+            if read_only and request.method not in ("GET", "HEAD") and scope["path"] not in READS_BY_POST:
+                await _error(403, "this server is read-only (started with --read-only)")(scope, receive, send)
+                return
+        await inner(scope, receive, send)
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 500)
+        message = {404: "no such route", 405: f"{request.method} is not allowed here"}.get(status, "internal error")
+        return _error(status, message)
+
+    inner = Starlette(routes=routes, exception_handlers={404: on_error, 405: on_error, 500: on_error})
+    inner.router.redirect_slashes = False  # "/api/segments/.." normalised by a client must not redirect
+    return _Guarded(guard, inner)  # type: ignore[return-value]
+
+
+class _Guarded:
+    """An ASGI app: ``guard`` in front of the Starlette app (kept as ``.app`` for lifespan and tests)."""
+
+    def __init__(self, guard: Any, app: Starlette):
+        self.guard, self.app = guard, app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, send)
+        else:
+            await self.guard(scope, receive, send)
+
+
+def run_server(home: Home, host: str = "127.0.0.1", port: int = 8765, read_only: bool = False,
+               token: str | None = None, log_level: str = "info") -> None:
+    """Serve ``home`` until interrupted (blocking)."""
+    import uvicorn
+
+    if not is_loopback(host) and not token:
+        raise InputError(f"binding to {host} exposes the home to the network: give --token (or use 127.0.0.1)")
+    uvicorn.run(create_app(home, read_only=read_only, token=token), host=host, port=port, log_level=log_level,
+                access_log=False)
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

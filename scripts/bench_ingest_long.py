@@ -1,0 +1,158 @@
+"""Sustained fill of the embedded vector store the way ingest writes it, with and without ``bulk_load``.
+
+Synthetic 256-d vectors with ingest's payload (image_id, image_hash, dataset, settings_hash, source, area)
+go through ``EdgeVectorStore.upsert`` in batches of one ingest write (``--batch`` segments: 8 images of ~40
+segments each), the call ``SegmentWriter.store_batch`` makes. Beside it a heartbeat thread wakes every
+10 ms and records how late it woke: a build holding the GIL shows up as a stall of its length.
+
+Modes (``--mode both`` runs them one after the other, same vectors, fresh store each):
+- ``deferred``: this branch's ingest: writes inside ``bulk_load``, one index build when it ends.
+- ``baseline``: main's behaviour: incremental builds inside ``upsert`` (every 20k points or 10 %), and
+  the final ``optimize`` a user would have to run by hand to reach indexed search speed.
+
+Reported per mode: seconds per 10k segments written, the longest heartbeat stall while writing and during
+the final build, the time to a fully indexed store, and search p50 (k=10, no filter) right after the run
+(for baseline also after its final optimize).
+
+    PYTHONPATH=$PWD python scripts/bench_ingest_long.py --n 100000 --mode both
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from samsearch.vectors.edge import EdgeVectorStore
+
+DIM = 256
+COLL = "segments"
+
+
+class Heartbeat:
+    """A thread that sleeps ``period`` at a time and keeps the longest delay past it, per phase."""
+
+    def __init__(self, period: float = 0.01):
+        self.period = period
+        self.phase = "idle"
+        self.worst: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        last = time.perf_counter()
+        while not self._stop.is_set():
+            time.sleep(self.period)
+            now = time.perf_counter()
+            late = now - last - self.period
+            self.worst[self.phase] = max(self.worst.get(self.phase, 0.0), late)
+            last = now
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def p50_ms(store: EdgeVectorStore, queries: np.ndarray) -> float:
+    times = []
+    for q in queries:
+        t0 = time.perf_counter()
+        store.search(COLL, q, k=10)
+        times.append(time.perf_counter() - t0)
+    return round(float(np.median(times)) * 1000, 2)
+
+
+def run(mode: str, n: int, batch: int, seed: int, queries: np.ndarray, log) -> dict:
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory(prefix=f"bench-ingest-{mode}-") as tmp:
+        store = EdgeVectorStore(Path(tmp) / "vectors", fsync=False)  # ingest's durability: WAL per write
+        store.ensure_collection(COLL, DIM)
+        per_10k: list[float] = []
+        out: dict = {"mode": mode, "n": n, "batch": batch}
+        with Heartbeat() as hb:
+            hb.phase = "write"
+            t_start = time.perf_counter()
+            bulk = store.bulk_load(COLL, report=log) if mode == "deferred" else None
+            if bulk is not None:
+                bulk.__enter__()
+            t_block, written = time.perf_counter(), 0
+            while written < n:
+                m = min(batch, n - written)
+                x = rng.standard_normal((m, DIM)).astype(np.float32)
+                ids = [str(uuid.UUID(int=written + i + 1)) for i in range(m)]
+                payloads = [{"image_id": (written + i) // 40, "image_hash": f"h{(written + i) // 40}",
+                             "dataset": f"d{(written + i) // 40 % 10}", "settings_hash": "s", "source": "auto",
+                             "area": int(rng.integers(10, 5000))} for i in range(m)]
+                store.upsert(COLL, ids, x, payloads)
+                written += m
+                if written % 10_000 < batch or written == n:
+                    now = time.perf_counter()
+                    per_10k.append(round(now - t_block, 2))
+                    t_block = now
+            t_written = time.perf_counter()
+            hb.phase = "final build"
+            if bulk is not None:
+                bulk.__exit__(None, None, None)
+                out["p50_ms_after_run"] = p50_ms(store, queries)
+            else:
+                out["p50_ms_after_run"] = p50_ms(store, queries)  # what main's ingest leaves
+                t0 = time.perf_counter()
+                store.optimize(COLL)  # the manual step main needs for indexed search
+                log(f"baseline: final optimize took {time.perf_counter() - t0:.1f} s")
+            t_indexed = time.perf_counter() - t_start
+            hb.phase = "idle"
+        info = store._get(COLL).shard.info()
+        out.update({
+            "write_seconds": round(t_written - t_start, 1),
+            "seconds_per_10k": per_10k,
+            "final_build_seconds": round(t_indexed - (t_written - t_start), 1),
+            "seconds_to_fully_indexed": round(t_indexed, 1),
+            "longest_stall_while_writing_s": round(hb.worst.get("write", 0.0), 2),
+            "longest_stall_during_final_build_s": round(hb.worst.get("final build", 0.0), 2),
+            "p50_ms_fully_indexed": p50_ms(store, queries),
+            "points": info.points_count, "indexed": info.indexed_vectors_count,
+        })
+        store.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=300_000, help="segments to write")
+    ap.add_argument("--batch", type=int, default=320, help="segments per upsert (one ingest write batch)")
+    ap.add_argument("--mode", choices=["deferred", "baseline", "both"], default="both",
+                    help="deferred = bulk_load (this branch), baseline = main's incremental builds")
+    ap.add_argument("--queries", type=int, default=200, help="searches for each p50")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    queries = np.random.default_rng(99).standard_normal((args.queries, DIM)).astype(np.float32)
+    modes = ["baseline", "deferred"] if args.mode == "both" else [args.mode]
+    results = []
+    for mode in modes:
+        res = run(mode, args.n, args.batch, args.seed, queries, log)
+        print(json.dumps(res), flush=True)
+        results.append(res)
+    if len(results) == 2:
+        base, new = results
+        print(json.dumps({"ratio_time_to_indexed": round(new["seconds_to_fully_indexed"]
+                                                          / base["seconds_to_fully_indexed"], 2),
+                          "ratio_p50_after_run_vs_indexed": round(new["p50_ms_after_run"]
+                                                                  / base["p50_ms_fully_indexed"], 2)}))
+
+
+if __name__ == "__main__":
+    main()

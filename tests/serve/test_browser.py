@@ -1,0 +1,112 @@
+"""The review page in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by
+Selenium) against a real server and store (SQLite + Qdrant Edge): the grid loads crops, a click shows
+neighbours with scores, two ticked segments get a label, a cluster gets a name, and a script-laden label
+shows as text. Screenshots of the grid and the neighbours view go to ``$SAMSEARCH_TEST_ARTIFACTS``
+(default: the test's temporary folder)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from samsearch.cluster.naming import cluster_names
+from samsearch.home import Home
+from samsearch.search.segments import fetch_segments
+
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+EVIL = '<img src=x onerror="document.title=\'pwned\'">'
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e .[dev])")
+if not Path(CHROMEDRIVER).exists():  # .ci/run installs it; elsewhere: apt-get install chromium chromium-driver
+    pytest.skip("chromedriver not found (apt-get install chromium chromium-driver)", allow_module_level=True)
+
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, build_corpus, serve):
+    home = Home(tmp_path_factory.mktemp("browser") / "home")
+    build_corpus(home)
+    server = serve(home)
+    yield home, server.url
+    home.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=opts)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def artifacts(tmp_path) -> Path:
+    out = Path(os.environ.get("SAMSEARCH_TEST_ARTIFACTS") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _wait(driver, cond, timeout=60):
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: cond(d))
+
+
+def _loaded_tiles(driver, css):
+    """Tiles whose crop image has loaded (a decoded PNG, not a broken image)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].filter("
+        "t => { const i = t.querySelector('img'); return i && i.complete && i.naturalWidth > 0; }).length", css)
+
+
+def _status(driver) -> str:
+    return driver.find_element(By.ID, "status").text
+
+
+def test_grid_neighbours_labels_and_cluster_names(site, browser, artifacts):
+    home, url = site
+    browser.get(url + "/")
+    _wait(browser, lambda d: _loaded_tiles(d, "#grid .tile") >= 10)
+    tiles = browser.find_elements(By.CSS_SELECTOR, "#grid .tile")
+    browser.save_screenshot(str(artifacts / "serve-grid.png"))
+
+    # click one: its neighbours appear, ranked, with scores, never the query itself
+    query = tiles[0].get_attribute("data-id")
+    tiles[0].find_element(By.TAG_NAME, "img").click()
+    _wait(browser, lambda d: _loaded_tiles(d, "#neighbours .hit") >= 5)
+    hits = browser.find_elements(By.CSS_SELECTOR, "#neighbours .hit")
+    scores = [float(h.get_attribute("data-score")) for h in hits]
+    assert scores == sorted(scores, reverse=True) and query not in {h.get_attribute("data-id") for h in hits}
+    assert hits[0].text.startswith("#1 ")
+    browser.save_screenshot(str(artifacts / "serve-neighbours.png"))
+
+    # tick two, type a (script-laden) label, assign: stored as a manual label, shown as text
+    picked = [t.get_attribute("data-id") for t in tiles[1:3]]
+    for t in tiles[1:3]:
+        t.find_element(By.CSS_SELECTOR, "input.sel").click()
+    browser.find_element(By.ID, "label-input").send_keys(EVIL)
+    browser.find_element(By.ID, "assign").click()
+    _wait(browser, lambda d: "labeled 2" in _status(d))
+    stored = fetch_segments(home, picked)
+    assert {s.label for s in stored.values()} == {EVIL}
+    shown = f"{EVIL} \u00b7 a"  # the caption: label · dataset, as text
+    _wait(browser, lambda d: sorted(t.get_attribute("textContent") for t in d.find_elements(
+        By.CSS_SELECTOR, "#grid .tile") if t.get_attribute("data-id") in picked) == [shown, shown])
+    assert browser.title == "samsearch"  # the onerror handler never ran
+    assert not browser.find_elements(By.CSS_SELECTOR, "#grid img[src='x']")
+
+    # clusters view: name the first cluster
+    browser.find_element(By.ID, "show-clusters").click()
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#clusters .cluster .cname"))
+    first = browser.find_element(By.CSS_SELECTOR, "#clusters .cluster")
+    cluster = int(first.get_attribute("data-cluster"))
+    first.find_element(By.CSS_SELECTOR, ".cname").send_keys("round thing")
+    first.find_element(By.CSS_SELECTOR, ".cname-btn").click()
+    _wait(browser, lambda d: f"cluster {cluster} named" in _status(d))
+    assert cluster_names(home, "k3")[cluster] == "round thing"
