@@ -135,7 +135,9 @@ def embed_space(home: Home, options: EmbedOptions, progress: bool = True, space_
         summary.images_pending = len(todo)
         if options.limit is not None:
             todo = todo[:options.limit]
-        with tqdm(total=len(todo), desc=f"embed {options.space}", unit="img", disable=not progress) as bar:
+        # No index builds while vectors flow; one at the end (see VectorStore.bulk_load).
+        with home.vectors.bulk_load(coll), tqdm(total=len(todo), desc=f"embed {options.space}", unit="img",
+                                                disable=not progress) as bar:
             for start in range(0, len(todo), options.batch_images):
                 batch = todo[start:start + options.batch_images]
                 _embed_batch(home, sm, coll, batch, run.id, options, summary, encode_images, pool_segments)

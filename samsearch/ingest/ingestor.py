@@ -31,7 +31,7 @@ from samsearch.data.coco import AnnotationError, CocoAnnotations, load_coco
 from samsearch.data.imageio import ImageLoadError, collect_image_paths, decode_image, read_bytes_and_hash
 from samsearch.db.runs import recorded_run
 from samsearch.errors import InputError
-from samsearch.home import SEGMENTS, Home
+from samsearch.home import SEGMENTS, Home, space_collection
 from samsearch.ingest.claim import claim_image, mark_failed
 from samsearch.ingest.containers import (
     ClaimedImage,
@@ -247,7 +247,9 @@ class Ingestor:
 
             run.counts = counts
             # No vector index builds while images flow (they stall the process); one at the end.
-            with self.home.vectors.bulk_load(SEGMENTS, report=report_line if progress else None):
+            with contextlib.ExitStack() as bulk:
+                for coll in [SEGMENTS, *(space_collection(sm.spec.name) for sm in self.spaces)]:
+                    bulk.enter_context(self.home.vectors.bulk_load(coll, report=report_line if progress else None))
                 if self.execution.pipeline:
                     from samsearch.ingest.pipeline import run_pipeline
 
