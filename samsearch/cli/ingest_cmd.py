@@ -46,7 +46,9 @@ def ingest(
     decoder_group: int = typer.Option(None, "--decoder-group", min=1,
                                       help="Prompts per fast-decoder step [default: 4 on CPU, 64 on CUDA]."),
     box_batch: int = typer.Option(64, "--box-batch", min=1, help="Boxes per decoder call (--prompts boxes)."),
-    loaders: int = typer.Option(2, "--loaders", min=1, help="Threads reading and decoding images."),
+    loaders: int = typer.Option(None, "--loaders", min=1,
+                                help="Threads reading and decoding images [default: the machine's cores, "
+                                     "at least 2, at most 8]."),
     sequential: bool = typer.Option(False, "--sequential",
                                     help="One image at a time in one thread (no overlapped pipeline)."),
     enqueue: bool = typer.Option(False, "--enqueue",

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import types
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -45,8 +46,8 @@ class ExecutionOptions:
     fused_attention: bool = True
     encoder_batch: int | None = None  # images per image-encoder call (CPU 1; CUDA: what memory allows, ≤ 8)
     decoder_group: int | None = None  # prompts per fast-decoder step (CPU 4; CUDA 64)
-    loaders: int = 2  # threads reading, hashing, claiming, decoding and resizing images
-    prefetch: int | None = None  # decoded images waiting for the model (default 2 × encoder_batch + 2)
+    loaders: int | None = None  # threads reading, hashing, claiming, decoding, resizing (default: cores, 2–8)
+    prefetch: int | None = None  # decoded images waiting for the model (default max(2 × encoder_batch, loaders) + 2)
     write_queue: int | None = None  # computed images waiting for the writer (CPU 4, CUDA 16)
     pipeline: bool = True  # overlap the stages; False: one image at a time in the calling thread
 
@@ -61,7 +62,7 @@ class ExecutionOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
-        if self.loaders < 1 or (self.write_queue is not None and self.write_queue < 1):
+        if (self.loaders is not None and self.loaders < 1) or (self.write_queue is not None and self.write_queue < 1):
             raise InputError("--loaders and the write queue must be at least 1")
 
     def resolved(self, model: Any) -> ExecutionOptions:
@@ -69,16 +70,26 @@ class ExecutionOptions:
         device = model.device
         self.validate(device)
         encoder_batch = self.encoder_batch or default_encoder_batch(model.sam, device, self.precision)
+        loaders = self.loaders or default_loaders()
         return replace(
             self,
             encoder_batch=encoder_batch,
             decoder_group=self.decoder_group or (4 if device.type == "cpu" else 64),
-            prefetch=self.prefetch or 2 * encoder_batch + 2,
+            loaders=loaders,
+            # enough decoded images queued to keep every loader busy while the model works
+            prefetch=self.prefetch or max(2 * encoder_batch, loaders) + 2,
             write_queue=self.write_queue or (4 if device.type == "cpu" else 16),
         )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def default_loaders(cpu_count: int | None = None) -> int:
+    """Loader threads: one per core (image decoding releases the GIL), at least 2, at most 8 (beyond that
+    the claim lock and the model, not decoding, bound ingest)."""
+    cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    return min(8, max(2, cores))
 
 
 def default_encoder_batch(sam: Sam, device: torch.device, precision: str = "fp32") -> int:

@@ -3,16 +3,19 @@
 Same algorithm, settings and results as ``segment_anything.SamAutomaticMaskGenerator`` (single crop
 layer), reorganised so nothing is done for masks that will be thrown away:
 
-1. the decoder runs on ``points_per_batch`` grid points at once and returns low-resolution logits;
-   predicted-IoU filtering needs no masks, so (fast decoder) prompts whose three masks all fail it are
-   never upscaled at all;
+1. the decoder returns low-resolution logits; predicted-IoU filtering needs no masks, so (fast decoder)
+   prompts whose three masks all fail it are never upscaled at all. The fast decoder takes all grid points
+   at once (as many per call as memory allows; ``points_per_batch`` only sizes the exact decoder's calls);
 2. stability and boxes are computed on the full-resolution logits a chunk at a time, and the
    full-resolution tensors are dropped immediately;
 3. box NMS runs over the survivors' boxes;
 4. only the final masks are upsampled again (the same deterministic function), thresholded, and handed
    on as tensors on the model's device; RLE encoding happens once, at storage time.
 
-There are no per-mask Python loops and no deep copies of RLE lists.
+There are no per-mask Python loops and no deep copies of RLE lists. The fast path waits for the device a
+fixed number of times per decoder call (the IoU pass/fail matrix, the stability selection) and once for
+NMS, never per prompt group or batch: filtering happens on the device and survivors are selected with one
+index per step (tests/sam/test_amg_syncs.py counts it).
 
 Two decoders: ``exact=True`` runs ``segment_anything``'s own ``MaskDecoder`` and ``postprocess_masks``
 (bit-identical to the reference generator; a test proves it); the default runs
@@ -133,33 +136,45 @@ def _postprocess_small_regions(masks: torch.Tensor, boxes: torch.Tensor, min_are
     return keep, new, new_boxes
 
 
-def _decode(sam: Sam, enc: EncodedImage, decoder: PromptDecoder | None, points_xy: np.ndarray,
-            iou_thresh: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Decode one batch of grid points. Returns, for the masks that pass the predicted-IoU filter, their
-    low-res logits (K,256,256), predicted IoU (K,) and prompt points (K,2)."""
-    dev = sam.device
-    pts = torch.as_tensor(points_xy, device=dev)
-    if decoder is None:  # exact: SAM's decoder, every prompt upscaled
-        low_res, iou = decode_point_batch(sam, enc, points_xy)
-        index = torch.arange(len(points_xy), device=dev)
-    else:
-        out = decoder.decode(_point_prompts(sam, enc, points_xy)[0], multimask=True, iou_thresh=iou_thresh)
-        low_res, iou, index = out.low_res, out.iou[out.index], out.index
+def _decode_exact(sam: Sam, enc: EncodedImage, points_xy: np.ndarray,
+                  iou_thresh: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SAM's decoder on one batch of grid points, every prompt upscaled. Returns, for the masks that pass
+    the predicted-IoU filter, their low-res logits (K,256,256), predicted IoU (K,) and prompt points (K,2)."""
+    pts = torch.as_tensor(points_xy, device=sam.device)
+    low_res, iou = decode_point_batch(sam, enc, points_xy)
     k = iou.shape[1]
     low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)
-    pts = pts[index].repeat_interleave(k, dim=0)
+    pts = pts.repeat_interleave(k, dim=0)
     if iou_thresh is not None:
         keep = iou > iou_thresh
         low_res, iou, pts = low_res[keep], iou[keep], pts[keep]
     return low_res, iou, pts
 
 
+def _decode_fast(decoder: PromptDecoder, sparse: torch.Tensor, points: torch.Tensor,
+                 iou_thresh: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fast decoder on ``sparse`` (N prompts at ``points``), in prompt-major, mask-minor order like SAM.
+    Returns what :func:`_decode_exact` returns; the IoU selection costs one host transfer (in the decoder)."""
+    out = decoder.decode(sparse, multimask=True, iou_thresh=iou_thresh)
+    k = out.iou.shape[1]
+    if out.passing is None:  # every mask of every prompt
+        return out.low_res.flatten(0, 1), out.iou.flatten(0, 1), points.repeat_interleave(k, dim=0)
+    prompt, mask = np.nonzero(out.passing)  # row-major: prompt-major, mask-minor
+    row = np.searchsorted(np.flatnonzero(out.passing.any(axis=1)), prompt)  # the prompt's row in low_res
+    dev = out.iou.device
+    prompt_t, mask_t, row_t = (torch.as_tensor(a, device=dev) for a in (prompt, mask, row))
+    return out.low_res[row_t, mask_t], out.iou[prompt_t, mask_t], points[prompt_t]
+
+
 @torch.no_grad()
 def generate_masks(sam: Sam, enc: EncodedImage, settings: AmgSettings, exact: bool = False,
-                   decoder_group: int | None = None) -> GeneratedMasks:
+                   decoder_group: int | None = None, pass_budget: int | None = None) -> GeneratedMasks:
     """SAM's automatic masks for one encoded image. ``exact``: SAM's own decoder and upsampling
     (bit-identical to ``SamAutomaticMaskGenerator``); otherwise the fast decoder (equal up to rounding).
-    ``decoder_group``: prompts per fast-decoder step (default: a few on CPU, many on accelerators)."""
+    ``decoder_group``: prompts per fast-decoder step (default: a few on CPU, many on accelerators).
+    ``pass_budget``: bytes of working memory per fast-decoder call (see
+    :meth:`PromptDecoder.prompts_per_call`); the fast path synchronises with the host a fixed number of
+    times per call (IoU selection, stability selection) plus once for NMS, never per group or batch."""
     timings = {"decoder": 0.0, "filter": 0.0, "nms": 0.0, "final_masks": 0.0}
     h, w = enc.original_size
     points = build_point_grid(settings.points_per_side) * np.array([[w, h]])
@@ -172,11 +187,22 @@ def generate_masks(sam: Sam, enc: EncodedImage, settings: AmgSettings, exact: bo
     timings["decoder"] += time.perf_counter() - t0
     iou_thresh = settings.pred_iou_thresh if settings.pred_iou_thresh > 0.0 else None
 
+    if decoder is None:  # SAM's decoder, points_per_batch prompts at a time
+        sparse, grid, per_call = None, None, settings.points_per_batch
+    else:  # all prompts at once, as many per decoder call as memory allows (one IoU transfer per call)
+        sparse = _point_prompts(sam, enc, points)[0]
+        grid = torch.as_tensor(points, device=dev)
+        per_call = decoder.prompts_per_call(pass_budget)
+
     kept_low, kept_iou, kept_stab, kept_boxes, kept_points = [], [], [], [], []
-    for start in range(0, len(points), settings.points_per_batch):
+    for start in range(0, len(points), per_call):
         t0 = time.perf_counter()
-        low_res, iou, pts = _decode(sam, enc, decoder, points[start:start + settings.points_per_batch],
-                                    iou_thresh)
+        if decoder is None:
+            low_res, iou, pts = _decode_exact(sam, enc, points[start:start + per_call], iou_thresh)
+        else:
+            assert sparse is not None and grid is not None
+            low_res, iou, pts = _decode_fast(decoder, sparse[start:start + per_call], grid[start:start + per_call],
+                                             iou_thresh)
         t1 = time.perf_counter()
         # Stability and boxes need full-resolution logits: a chunk at a time, then dropped.
         stab = torch.empty(len(iou), device=dev)
@@ -186,7 +212,8 @@ def generate_masks(sam: Sam, enc: EncodedImage, settings: AmgSettings, exact: bo
             stab[s:s + step] = calculate_stability_score(logits, thr, settings.stability_score_offset)
             boxes[s:s + step] = batched_mask_to_box(logits > thr)
         if settings.stability_score_thresh > 0.0:
-            keep = stab >= settings.stability_score_thresh
+            # one selection (one host synchronisation) for all five tensors
+            keep = torch.nonzero(stab >= settings.stability_score_thresh)[:, 0]
             low_res, iou, pts, stab, boxes = low_res[keep], iou[keep], pts[keep], stab[keep], boxes[keep]
         kept_low.append(low_res)
         kept_iou.append(iou)

@@ -15,7 +15,9 @@ from the same weights (it reads them from the ``Sam`` module; nothing is copied 
   products whose pixel shuffle is applied once, to the final three logit maps, not to 32 channels;
 * the IoU head evaluated before the upscaling, so prompts whose masks are all rejected by the predicted-IoU
   threshold are never upscaled (the masks they would have given are filtered out anyway);
-* the per-prompt work done a few prompts at a time (``group``) so the working set stays in cache on CPUs.
+* the per-prompt work done a few prompts at a time (``group``) so the working set stays in cache on CPUs;
+* no host synchronisation per group: with an IoU threshold, the pass/fail matrix of all prompts of a call
+  comes to the host once, after the transformer has run for all of them.
 
 The result equals ``MaskDecoder`` up to float rounding (≈1e-5 on the logits); the tests compare them.
 Only prompts without a mask input are supported (points and/or boxes), which is what ingest uses.
@@ -27,6 +29,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
@@ -40,6 +43,8 @@ class DecodedPrompts:
     iou: torch.Tensor  # (N, k) predicted IoU of the k masks per prompt
     index: torch.Tensor  # (P,) long: the prompts whose logits were computed
     low_res: torch.Tensor  # (P, k, 256, 256) low-resolution mask logits of those prompts
+    # With an IoU threshold: (N, k) bool on the host, which masks passed it (``index`` = rows with any).
+    passing: np.ndarray | None = None
 
 
 def default_group(device: torch.device) -> int:
@@ -227,42 +232,89 @@ class PromptDecoder:
         return out
 
     # -- entry point -------------------------------------------------------------------------------
+    def prompts_per_call(self, budget_bytes: int | None = None) -> int:
+        """Prompts one :meth:`decode` call with an IoU threshold should take: it keeps every prompt's image
+        tokens until the one host transfer that selects the prompts to upscale, so the call's working set is
+        about this many × (image tokens + three low-res logit maps). ``budget_bytes``: default 512 MiB on
+        CPU; on CUDA a quarter of the free memory."""
+        if budget_bytes is None:
+            dev = self.keys0.device
+            if dev.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(dev)
+                budget_bytes = free // 4
+            else:
+                budget_bytes = 512 * 2**20
+        m, c = self.keys0.shape
+        h, w = self.grid
+        per_prompt = (m * c + 3 * 16 * h * w) * self.keys0.element_size()
+        return max(1, int(budget_bytes // per_prompt))
+
     @torch.no_grad()
     def decode(self, sparse: torch.Tensor, multimask: bool = True,
                iou_thresh: float | None = None) -> DecodedPrompts:
         """``sparse``: (N, S, C) prompt-encoder sparse embeddings. Logits are computed for the prompts with
-        at least one mask whose predicted IoU is above ``iou_thresh`` (all prompts when None)."""
+        at least one mask whose predicted IoU is above ``iou_thresh`` (all prompts when None).
+
+        No host synchronisation per group: without a threshold nothing is selected; with one, the
+        transformer runs for every group first (its image tokens are kept, see :meth:`prompts_per_call`),
+        then the pass/fail matrix of all N prompts comes to the host in one transfer (returned as
+        ``passing``) and only the selected prompts are upscaled."""
         dec = self.dec
         output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.expand(sparse.shape[0], -1, -1).to(sparse.dtype), sparse], dim=1)
         picks = list(range(1, dec.num_mask_tokens)) if multimask else [0]
+        k = len(picks)
+        h, w = self.grid
+        n = tokens.shape[0]
+        dev = self.keys0.device
         t0 = time.perf_counter()
         queries = self._first_block_tokens(tokens)
         self.timings["transformer"] += time.perf_counter() - t0
-        ious, index, lows = [], [], []
-        for start in range(0, tokens.shape[0], self.group):
+        ious: torch.Tensor | None = None
+        lows: torch.Tensor | None = None
+        kept_hs: torch.Tensor | None = None
+        kept_keys: torch.Tensor | None = None
+        for start in range(0, n, self.group):
             sl = slice(start, start + self.group)
             t0 = time.perf_counter()
             hs, keys = self._transformer(queries[sl], tokens[sl])
             iou = dec.iou_prediction_head(hs[:, 0])[:, picks]
-            ious.append(iou)
-            sel = torch.arange(start, start + hs.shape[0], device=hs.device)
-            if iou_thresh is not None:
-                need = (iou > iou_thresh).any(dim=1)
-                keys, hs, sel = keys[need], hs[need], sel[need]
+            if ious is None:  # buffers in the dtype the (possibly autocast) decoder produces
+                ious = torch.empty((n, k), dtype=iou.dtype, device=dev)
+                if iou_thresh is None:
+                    lows = torch.empty((n, k, 4 * h, 4 * w), dtype=keys.dtype, device=dev)
+                else:
+                    kept_hs = torch.empty((n, *hs.shape[1:]), dtype=hs.dtype, device=dev)
+                    kept_keys = torch.empty((n, *keys.shape[1:]), dtype=keys.dtype, device=dev)
+            ious[sl] = iou
             t1 = time.perf_counter()
             self.timings["transformer"] += t1 - t0
-            if len(sel) == 0:
-                continue
-            hyper = torch.stack([dec.output_hypernetworks_mlps[j](hs[:, 1 + j]) for j in picks], dim=1)
-            lows.append(self._upscale(keys, hyper))
-            index.append(sel)
-            self.timings["upscale"] += time.perf_counter() - t1
-        k = len(picks)
-        h, w = self.grid
-        dev, dtype = self.keys0.device, self.keys0.dtype
-        return DecodedPrompts(
-            torch.cat(ious) if ious else torch.zeros((0, k), device=dev, dtype=dtype),
-            torch.cat(index) if index else torch.zeros(0, dtype=torch.long, device=dev),
-            torch.cat(lows) if lows else torch.zeros((0, k, 4 * h, 4 * w), device=dev, dtype=dtype),
-        )
+            if lows is not None:  # every prompt is upscaled: at once, while its image tokens are hot
+                lows[sl] = self._upscale(keys, self._hyper(hs, picks))
+                self.timings["upscale"] += time.perf_counter() - t1
+            else:
+                assert kept_hs is not None and kept_keys is not None
+                kept_hs[sl], kept_keys[sl] = hs, keys
+        if ious is None:  # no prompts
+            return DecodedPrompts(torch.zeros((0, k), device=dev, dtype=self.keys0.dtype),
+                                  torch.zeros(0, dtype=torch.long, device=dev),
+                                  torch.zeros((0, k, 4 * h, 4 * w), device=dev, dtype=self.keys0.dtype),
+                                  None if iou_thresh is None else np.zeros((0, k), dtype=bool))
+        if lows is not None:
+            return DecodedPrompts(ious, torch.arange(n, device=dev), lows)
+        assert kept_hs is not None and kept_keys is not None and iou_thresh is not None
+        t1 = time.perf_counter()
+        passing = (ious > iou_thresh).cpu().numpy()  # the one host transfer of this call
+        selected = np.flatnonzero(passing.any(axis=1))
+        index = torch.as_tensor(selected, device=dev)
+        lows = torch.empty((len(selected), k, 4 * h, 4 * w), dtype=kept_keys.dtype, device=dev)
+        for i in range(0, len(selected), self.group):
+            idx = index[i:i + self.group]
+            lows[i:i + len(idx)] = self._upscale(kept_keys[idx], self._hyper(kept_hs[idx], picks))
+        self.timings["upscale"] += time.perf_counter() - t1
+        return DecodedPrompts(ious, index, lows, passing)
+
+    def _hyper(self, hs: torch.Tensor, picks: list[int]) -> torch.Tensor:
+        """The hypernetwork outputs (G, k, C2) of the picked mask tokens."""
+        mlps = self.dec.output_hypernetworks_mlps
+        return torch.stack([mlps[j](hs[:, 1 + j]) for j in picks], dim=1)

@@ -1,6 +1,7 @@
 """The overlapped ingest pipeline: same stored result as the sequential path, errors from any thread stop
 the run cleanly, and the execution options are validated with one-line errors."""
 
+import os
 import shutil
 import threading
 
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 
 from samsearch.cli import app
 from samsearch.db import Image, Run, Segment
+from samsearch.errors import InputError
 from samsearch.home import SEGMENTS, Home
 from samsearch.ingest.ingestor import Ingestor
 from samsearch.ingest.options import IngestOptions
@@ -116,14 +118,34 @@ def test_a_bad_option_value_is_a_usage_error_that_creates_nothing(tmp_path, args
     assert not home.exists()
 
 
-def test_cpu_defaults():
-    class Model:  # what resolved() reads from a LoadedModel
-        device = torch.device("cpu")
-        sam = None
+class _CpuModel:  # what resolved() reads from a LoadedModel
+    device = torch.device("cpu")
+    sam = None
 
-    ex = ExecutionOptions().resolved(Model())
-    assert (ex.precision, ex.decoder, ex.encoder_batch, ex.decoder_group, ex.prefetch, ex.write_queue) == (
-        "fp32", "fast", 1, 4, 4, 4)
+
+def test_cpu_defaults(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    ex = ExecutionOptions().resolved(_CpuModel())
+    assert (ex.precision, ex.decoder, ex.encoder_batch, ex.decoder_group, ex.loaders, ex.prefetch,
+            ex.write_queue) == ("fp32", "fast", 1, 4, 2, 4, 4)
+
+
+@pytest.mark.parametrize("cores, loaders, prefetch", [(None, 2, 4), (1, 2, 4), (2, 2, 4), (6, 6, 8), (16, 8, 10),
+                                                      (128, 8, 10)])
+def test_loader_defaults_follow_the_cores(monkeypatch, cores, loaders, prefetch):
+    # os.cpu_count() may return None (unknown): then the floor of 2 applies.
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    ex = ExecutionOptions().resolved(_CpuModel())
+    assert (ex.loaders, ex.prefetch) == (loaders, prefetch)
+    # explicit values are kept whatever the machine
+    ex = ExecutionOptions(loaders=3, prefetch=5).resolved(_CpuModel())
+    assert (ex.loaders, ex.prefetch) == (3, 5)
+
+
+def test_unresolved_loaders_validate(monkeypatch):
+    with pytest.raises(InputError, match="--loaders"):
+        ExecutionOptions(loaders=0).validate(torch.device("cpu"))
+    ExecutionOptions(loaders=None).validate(torch.device("cpu"))
 
 
 @torch.no_grad()
