@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Column, Connection, Float, MetaData, String, Table, text, update
+from sqlalchemy import Column, Connection, Float, MetaData, String, Table, select, text, update
 
 from samsearch.bank.store import UNKNOWN, bank_space, get_bank, load_centroids
 from samsearch.db import Segment
@@ -371,3 +371,21 @@ def set_manual_labels(home: Home, segment_ids: Sequence[str], label: str) -> int
             label=label, label_score=None, label_source=MANUAL, label_bank=None)).rowcount
     home.set_segment_payload(ids, {"label": label, "label_score": None, "label_source": MANUAL, "bank": None})
     return int(n)
+
+
+def clear_manual_labels(home: Home, segment_ids: Sequence[str]) -> int:
+    """Undo a person's labels: of ``segment_ids``, those labeled by hand (``label_source = "manual"``) become
+    unlabeled again in SQL and payload (so the next ``label`` run may label them); labels written by a
+    bank or a named cluster are left alone. Returns how many were cleared."""
+    ids = list(dict.fromkeys(str(i) for i in segment_ids))
+    if not ids:
+        return 0
+    with home.db.session() as s:
+        # the ids actually cleared, so that exactly those payloads change (SQL is the source of truth)
+        cleared = list(s.execute(select(Segment.id).where(Segment.id.in_(ids), Segment.label_source == MANUAL))
+                       .scalars())
+        if cleared:
+            s.execute(update(Segment).where(Segment.id.in_(cleared)).values(
+                label=None, label_score=None, label_source=None, label_bank=None))
+    home.set_segment_payload(cleared, {"label": None, "label_score": None, "label_source": None, "bank": None})
+    return len(cleared)

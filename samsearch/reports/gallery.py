@@ -97,6 +97,36 @@ def render_segment_image(image_path: Path | str, rle: dict[str, Any], max_side: 
     return pic
 
 
+# distinct outline colours for many segments on one image
+PALETTE = ((255, 99, 71), (60, 179, 113), (65, 105, 225), (255, 215, 0), (238, 130, 238), (0, 206, 209),
+           (255, 140, 0), (154, 205, 50), (220, 20, 60), (30, 144, 255))
+
+
+def render_image_overlay(rgb: np.ndarray, masks: list[np.ndarray], captions: list[str] | None = None,
+                         max_side: int | None = None) -> Image.Image:
+    """The whole image with every mask outlined in its own colour and, where given, its caption (e.g. the
+    label) written at the top left of its box; shrunk to ``max_side`` if larger."""
+    from PIL import ImageDraw
+
+    out = rgb.copy()
+    width = max(1, round(max(rgb.shape[:2]) / 300))
+    boxes = []
+    for i, mask in enumerate(masks):
+        out[mask_outline(mask, width)] = PALETTE[i % len(PALETTE)]
+        boxes.append(mask_bbox_xyxy(mask))
+    pic = Image.fromarray(out)
+    if captions:
+        draw = ImageDraw.Draw(pic)
+        for i, (text, (x0, y0, _, _)) in enumerate(zip(captions, boxes, strict=False)):
+            if text:
+                pos = (x0 + 2, max(0, y0 - 11))
+                draw.rectangle(draw.textbbox(pos, text), fill=(0, 0, 0))
+                draw.text(pos, text, fill=PALETTE[i % len(PALETTE)])
+    if max_side and max(pic.size) > max_side:
+        pic.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return pic
+
+
 def placeholder(text: str, size: int = 192) -> Image.Image:
     pic = Image.new("RGB", (size, size), (60, 60, 60))
     draw = ImageDraw.Draw(pic)

@@ -23,7 +23,7 @@ JSON schema (``SearchResults.as_dict()``, what ``samsearch search --json`` print
 
     {
       "schema": "samsearch.search/v1",
-      "query": {"kind": "segment" | "image" | "vector" | "label",
+      "query": {"kind": "segment" | "image" | "vector" | "label" | "examples",
                 "segment_id": str | null,          # kind=segment
                 "image_path": str | null,          # kind=segment (its image) or image
                 "prompt": {"box": [x0, y0, x1, y1], "points": [[x, y], ...],
@@ -31,12 +31,16 @@ JSON schema (``SearchResults.as_dict()``, what ``samsearch search --json`` print
                 "predicted_iou": float | null,     # SAM's estimate for a prompted query mask
                 "mask": {"size": [h, w], "counts": str} | null,   # COCO RLE of the query segment
                 "label": str | null, "bank": str | null,          # kind=label
-                "vectors": int},                   # how many query vectors (centroids) were searched
+                "vectors": int,                    # how many query vectors (centroids) were searched
+                "examples": {"positive": [str], "negative": [str], "strategy": str,
+                             "diversity": float} | null},  # kind=examples (relevance feedback)
       "k": int, "min_score": float | null,
       "filters": {"dataset": str | [str] | null, "label": str | null, "cluster": int | null,
                   "image_id": int | null, "min_area": int | null, "max_area": int | null,
                   "exclude_same_image": bool},
-      "hits": [{"rank": int (1-based), "score": float (cosine similarity),
+      "hits": [{"rank": int (1-based), "score": float (cosine similarity; for kind=examples Qdrant's
+                                                        recommend score; with diversity > 0 hits are in
+                                                        MMR order, so scores need not decrease),
                 "segment_id": str, "image_id": int, "image_path": str, "dataset": str,
                 "bbox_xywh": [x, y, w, h], "area": int, "source": "auto" | "box" | "mask",
                 "annotation_category": str | null, "label": str | null, "label_score": float | null,
@@ -50,19 +54,21 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from samsearch.bank.store import bank_space, get_bank, load_centroids
+from samsearch.data.imageio import LoadedImage
 from samsearch.errors import EmbeddingSpaceMismatch, InputError, NotFoundError
-from samsearch.home import SAM_SPACE, Home, space_collection
+from samsearch.home import SAM_SPACE, SEGMENTS, Home, space_collection
 from samsearch.identity import EmbeddingSpace
 from samsearch.sam.pooling import RECIPE
 from samsearch.search.segments import SegmentInfo, fetch_segments
 from samsearch.vectors import Filter, Hit, Match, Range
+from samsearch.vectors.base import RECOMMEND_STRATEGIES
 
 SCHEMA = "samsearch.search/v1"
 
@@ -145,11 +151,13 @@ class QueryInfo:
     rle: dict[str, Any] | None = None
     label: str | None = None
     bank: str | None = None
+    examples: dict[str, Any] | None = None  # kind=examples: positive/negative ids, strategy, diversity
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "segment_id": self.segment_id, "image_path": self.image_path,
                 "prompt": self.prompt, "predicted_iou": self.predicted_iou, "mask": self.rle,
-                "label": self.label, "bank": self.bank, "vectors": int(len(self.vectors))}
+                "label": self.label, "bank": self.bank, "vectors": int(len(self.vectors)),
+                "examples": self.examples}
 
 
 @dataclass
@@ -232,6 +240,19 @@ def _merge(lists: list[list[Hit]], min_score: float | None) -> list[Hit]:
     return sorted(best.values(), key=lambda h: -h.score)
 
 
+def _results(home: Home, query: QueryInfo, found: list[Hit], k: int, filters: SearchFilters,
+             min_score: float | None, started: float, own: str | None = None) -> SearchResults:
+    """Ranked store hits → SearchResults, metadata from one SQL query (``own``: the query segment's row)."""
+    if not found and home.vectors.count(SEGMENTS) == 0:
+        raise _empty_corpus(home)
+    meta = fetch_segments(home, [h.id for h in found] + ([own] if own else []))
+    if own and own in meta:
+        query.image_path, query.rle = meta[own].image_path, meta[own].rle
+    kept = [(h, meta[h.id]) for h in found if h.id in meta]
+    hits = [SearchHit(**info.__dict__, rank=i + 1, score=h.score) for i, (h, info) in enumerate(kept)]
+    return SearchResults(query, hits, int(k), min_score, filters, time.perf_counter() - started)
+
+
 def _run(home: Home, query: QueryInfo, k: int, filters: SearchFilters | None, min_score: float | None,
          started: float, space: str = SAM_SPACE) -> SearchResults:
     filters = filters or SearchFilters()
@@ -248,12 +269,7 @@ def _run(home: Home, query: QueryInfo, k: int, filters: SearchFilters | None, mi
     if not found and home.vectors.count(coll) == 0:
         raise _empty_corpus(home)
     # One SQL query for every hit (and the query segment's own row, for its picture).
-    meta = fetch_segments(home, [h.id for h in found] + ([own] if own else []))
-    if own and own in meta:
-        query.image_path, query.rle = meta[own].image_path, meta[own].rle
-    kept = [(h, meta[h.id]) for h in found if h.id in meta]
-    hits = [SearchHit(**info.__dict__, rank=i + 1, score=h.score) for i, (h, info) in enumerate(kept)]
-    return SearchResults(query, hits, int(k), min_score, filters, time.perf_counter() - started)
+    return _results(home, query, found, k, filters, min_score, started, own)
 
 
 # -- the queries -----------------------------------------------------------------------------------
@@ -344,7 +360,7 @@ def _check_space(home: Home, space: EmbeddingSpace, model: Any) -> None:
 
 def search_by_image(
     home: Home,
-    image: Path | str,
+    image: Path | str | LoadedImage,
     *,
     box: Sequence[float] | None = None,
     points: Sequence[Sequence[float]] = (),
@@ -363,7 +379,10 @@ def search_by_image(
     ``(x0, y0, x1, y1)``, points (foreground; ``negative_points`` background), or a mask (H×W array or a
     mask image file). SAM runs with the home's own model (see :func:`model_for_home`), and the segment
     is embedded exactly as ingest embeds one; in another ``space`` SAM's mask is pooled in that space's
-    backbone (its weights must be the ones of the home's vectors: cached, or ``space_weights``)."""
+    backbone (its weights must be the ones of the home's vectors: cached, or ``space_weights``). ``image``
+    may also be an already decoded :class:`~samsearch.data.imageio.LoadedImage` (an upload: ``samsearch
+    serve`` decodes the bytes itself, with its own pixel limit, and never writes them to a file); its
+    ``path`` only names it."""
     from samsearch.data.imageio import ImageLoadError, load_image
     from samsearch.data.masks import mask_to_rle
     from samsearch.search.prompt import Prompt, check_prompt, embed_prompted_segment, load_mask_file
@@ -381,10 +400,14 @@ def search_by_image(
         prompt.mask, prompt.mask_path = load_mask_file(mask), str(mask)
     elif mask is not None:
         prompt.mask = np.asarray(mask, dtype=bool)
-    try:
-        loaded = load_image(image)
-    except ImageLoadError as exc:
-        raise InputError(str(exc)) from None
+    if isinstance(image, LoadedImage):
+        loaded = image
+    else:
+        try:
+            loaded = load_image(image)
+        except ImageLoadError as exc:
+            raise InputError(str(exc)) from None
+    image = loaded.path
     check_prompt(prompt, loaded.width, loaded.height, str(image))
     (filters or SearchFilters()).to_filter(loaded.content_hash)  # bad filters fail before SAM runs
     model = model_for_home(home, model, checkpoint, device)
@@ -419,3 +442,95 @@ def search_by_label(home: Home, label: str, bank: str, k: int = 10, filters: Sea
     _require_corpus(home, held)
     vectors = load_centroids(home, bank, label).vectors
     return _run(home, QueryInfo("label", vectors, label=label, bank=bank), k, filters, min_score, started, held)
+
+
+# -- relevance feedback ------------------------------------------------------------------------------
+
+MAX_EXAMPLES = 100
+MMR_POOL = 4  # with diversity, MMR picks k of the best MMR_POOL * k candidates (at least 50)
+
+
+def mmr_order(relevance: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> list[int]:
+    """Maximal marginal relevance: ``k`` indices of the candidates, each step taking the one with the
+    best ``(1 - diversity) * relevance - diversity * (its highest cosine to those already taken)``.
+    ``relevance`` is rescaled to [0, 1] over the candidates first, so the trade-off does not depend on
+    the score's scale (recommend scores are not cosines); ``vectors`` are unit rows. diversity 0 keeps
+    the relevance order; 1 spreads the picks as far apart as the pool allows (after the first)."""
+    n = len(relevance)
+    if n == 0 or k <= 0:
+        return []
+    rel = np.asarray(relevance, dtype=np.float64)
+    span = float(rel.max() - rel.min())
+    rel = (rel - rel.min()) / span if span > 0 else np.ones(n)
+    sims = np.asarray(vectors, dtype=np.float64) @ np.asarray(vectors, dtype=np.float64).T
+    taken: list[int] = []
+    closest = np.full(n, -np.inf)  # each candidate's highest similarity to a taken one
+    free = np.ones(n, dtype=bool)
+    for _ in range(min(k, n)):
+        gain = (1 - diversity) * rel - diversity * (closest if taken else 0.0)
+        gain[~free] = -np.inf
+        pick = int(np.argmax(gain))  # ties: the earlier (more relevant) candidate
+        taken.append(pick)
+        free[pick] = False
+        closest = np.maximum(closest, sims[pick])
+    return taken
+
+
+def search_by_examples(home: Home, positive: Sequence[str], negative: Sequence[str] = (), k: int = 10,
+                       filters: SearchFilters | None = None, diversity: float = 0.0,
+                       strategy: str = "best_score") -> SearchResults:
+    """Relevance feedback: segments like the stored ``positive`` examples and unlike the ``negative``
+    ones (the vector store's recommend query, ``strategy`` "best_score" or "sum_scores"); the examples
+    are never among the hits. ``diversity`` in [0, 1] re-ranks the best ``MMR_POOL * k`` candidates by
+    maximal marginal relevance (see :func:`mmr_order`) so near-duplicates do not fill the page.
+    ``exclude_same_image`` drops every segment of any positive example's image."""
+    started = time.perf_counter()
+    _require_corpus(home)
+    _check_k(k, None)
+    pos, neg = list(dict.fromkeys(map(str, positive))), list(dict.fromkeys(map(str, negative)))
+    if not pos:
+        raise InputError("give at least one positive example segment")
+    if len(pos) + len(neg) > MAX_EXAMPLES:
+        raise InputError(f"at most {MAX_EXAMPLES} example segments, got {len(pos) + len(neg)}")
+    both = set(pos) & set(neg)
+    if both:
+        raise InputError(f"segment {sorted(both)[0]} is both a positive and a negative example")
+    if strategy not in RECOMMEND_STRATEGIES:
+        raise InputError(f"strategy must be one of {', '.join(RECOMMEND_STRATEGIES)}, got {strategy!r}")
+    if isinstance(diversity, bool) or not 0.0 <= float(diversity) <= 1.0:
+        raise InputError(f"diversity must lie in [0, 1], got {diversity}")
+    filters = filters or SearchFilters()
+    bad = [i for i in pos + neg if not _is_uuid(i)]
+    records = home.vectors.retrieve(SEGMENTS, [i for i in pos + neg if _is_uuid(i)])
+    known = {r.id for r in records}
+    missing = bad + [i for i in pos + neg if _is_uuid(i) and str(_uuid(i)) not in known]
+    if missing:
+        if home.vectors.count(SEGMENTS) == 0:
+            raise _empty_corpus(home)
+        raise NotFoundError(f"no segment {missing[0]!r} in {home.root}")
+    by_id = {r.id: r for r in records}
+    pos, neg = [str(_uuid(i)) for i in pos], [str(_uuid(i)) for i in neg]
+    flt = replace(filters, exclude_same_image=False).to_filter()
+    if filters.exclude_same_image:  # every positive example's image, by content hash
+        hashes = sorted({h for i in pos if (h := by_id[i].payload.get("image_hash"))})
+        if hashes:
+            not_same = Match("image_hash", hashes[0] if len(hashes) == 1 else hashes)
+            flt = Filter(flt.must if flt else (), (*(flt.must_not if flt else ()), not_same))
+    diversity = float(diversity)
+    pool = int(k) if diversity == 0 else min(MAX_K, max(MMR_POOL * int(k), 50))
+    found = home.vectors.recommend(SEGMENTS, pos, neg, k=pool, flt=flt, strategy=strategy)
+    if diversity > 0 and len(found) > 1:
+        vecs = {r.id: r.vector for r in home.vectors.retrieve(SEGMENTS, [h.id for h in found], with_vectors=True)}
+        found = [h for h in found if h.id in vecs]
+        order = mmr_order(np.array([h.score for h in found]), np.stack([vecs[h.id] for h in found]), int(k),
+                          diversity)
+        found = [found[i] for i in order]
+    query = QueryInfo("examples", np.zeros((len(pos) + len(neg), 0), np.float32),
+                      examples={"positive": pos, "negative": neg, "strategy": strategy, "diversity": diversity})
+    return _results(home, query, found[: int(k)], k, filters, None, started)
+
+
+def _uuid(text: str) -> Any:
+    import uuid
+
+    return uuid.UUID(str(text))

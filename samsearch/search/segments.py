@@ -95,3 +95,29 @@ def list_segments(home: Home, limit: int = 100, offset: int = 0, dataset: str | 
     query = query.order_by(Segment.image_id, Segment.id).limit(limit).offset(offset)
     with home.db.engine.connect() as conn:
         return [_info(row) for row in conn.execute(query)]
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """A registered image and its stored segments (ordered by id)."""
+
+    image_id: int
+    image_path: str
+    dataset: str
+    width: int | None
+    height: int | None
+    status: str
+    segments: list[SegmentInfo]
+
+
+def get_image(home: Home, image_id: int) -> ImageInfo:
+    """One image of the home and all its segments (two SQL queries)."""
+    with home.db.engine.connect() as conn:
+        row = conn.execute(select(Image.id, Image.path, Image.dataset, Image.width, Image.height, Image.status)
+                           .where(Image.id == int(image_id))).first()
+        if row is None:
+            raise NotFoundError(f"no image {image_id} in {home.root}")
+        segs = conn.execute(select(*_COLUMNS).join(Image, Image.id == Segment.image_id)
+                            .where(Segment.image_id == int(image_id)).order_by(Segment.id))
+        segments = [_info(r) for r in segs]
+    return ImageInfo(row.id, row.path, row.dataset, row.width, row.height, str(row.status), segments)

@@ -16,14 +16,20 @@ once; the stores keep their own rules (Edge serialises its calls; SQLite has one
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import hmac
 import io
 import json
 import logging
 import math
+import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy.exc import OperationalError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -31,17 +37,23 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from samsearch.bank.classify import set_manual_labels
+from samsearch.bank.classify import clear_manual_labels, set_manual_labels
 from samsearch.bank.store import list_banks
 from samsearch.cluster.naming import name_cluster
-from samsearch.data.imageio import ImageLoadError, load_image
+from samsearch.data.imageio import ImageLoadError, LoadedImage, decode_image, load_image
 from samsearch.errors import EmbeddingSpaceMismatch, InputError, NotFoundError, SamsearchError, one_line
 from samsearch.home import Home
 from samsearch.reports.clusters import cluster_report, list_runs
-from samsearch.reports.gallery import render_crop
+from samsearch.reports.gallery import render_crop, render_image_overlay
 from samsearch.reports.stats import collect_stats, label_counts
-from samsearch.search.query import SearchFilters, search_by_segment
-from samsearch.search.segments import SegmentInfo, get_segment, list_segments
+from samsearch.search.query import (
+    SearchFilters,
+    model_for_home,
+    search_by_examples,
+    search_by_image,
+    search_by_segment,
+)
+from samsearch.search.segments import SegmentInfo, get_image, get_segment, list_segments
 from samsearch.serve.page import PAGE
 from samsearch.vectors import VectorStoreError
 
@@ -49,6 +61,8 @@ API_SCHEMA = "samsearch.api/v1"
 MAX_BODY = 1 << 20  # JSON bodies; no route takes more than a list of ids
 MAX_IDS = 10_000
 MAX_ID_LEN = 100
+MAX_UPLOAD_BYTES = 10 << 20  # an uploaded query image (decoded from base64), and its mask
+MAX_UPLOAD_PIXELS = 40_000_000  # checked from the image header before decoding (decompression bombs)
 READS_BY_POST = {"/api/search"}  # a POST only because the query is a body; allowed in read-only mode
 log = logging.getLogger("samsearch.serve")
 
@@ -104,10 +118,23 @@ def _int_param(request: Request, name: str, default: int | None, lo: int, hi: in
     return value
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise HttpError(413, f"request body over {MAX_BODY} bytes")
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes (by its
+    Content-Length, or while streaming one without), so an oversized upload is never held whole."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HttpError(413, f"request body over {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HttpError(413, f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _json_body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
+    body = await _read_body(request, limit)
     try:
         data = json.loads(body or b"null")
     except ValueError:
@@ -139,8 +166,10 @@ def _typed(data: dict[str, Any], key: str, kind: type | tuple[type, ...], defaul
 
 
 _FILTER_KEYS = {"dataset", "label", "cluster", "image_id", "min_area", "max_area", "exclude_same_image"}
-_SEARCH_KEYS = {"segment_id", "k", "min_score", "filters"}
-_NOT_YET = {"image", "text", "positive", "negative", "prompt", "box", "points", "mask", "mmr"}
+_SEARCH_KEYS = {"segment_id", "k", "min_score", "filters", "positive", "negative", "diversity", "strategy"}
+_FEEDBACK_KEYS = {"positive", "negative", "diversity", "strategy"}
+_IMAGE_KEYS = {"image", "box", "points", "negative_points", "mask", "k", "min_score", "filters"}
+_NOT_YET = {"text", "prompt", "mmr"}
 
 
 def _filters(raw: Any) -> SearchFilters:
@@ -169,6 +198,54 @@ def _ids(value: Any) -> list[str]:
     return value
 
 
+def _example_ids(data: dict[str, Any], key: str) -> list[str]:
+    value = data.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(i, str) and 0 < len(i) <= MAX_ID_LEN for i in value):
+        raise HttpError(400, f"{key} must be a list of segment id strings")
+    return value
+
+
+def _numbers(value: Any, n: int, what: str) -> list[float]:
+    if (not isinstance(value, list) or len(value) != n
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+        raise HttpError(400, f"{what} must be a list of {n} finite numbers")
+    return [float(v) for v in value]
+
+
+def _points(value: Any, what: str) -> list[list[float]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > 100:
+        raise HttpError(400, f"{what} must be a list of at most 100 [x, y] points")
+    return [_numbers(p, 2, f"each of {what}") for p in value]
+
+
+def _upload(value: Any, what: str, max_bytes: int) -> bytes:
+    """Base64 (optionally a ``data:...;base64,`` URL) → bytes, at most ``max_bytes``."""
+    if not isinstance(value, str) or not value:
+        raise HttpError(400, f"{what} must be a base64 string (the file's bytes)")
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    if len(value) > (max_bytes + 2) // 3 * 4 + 4:  # refuse before decoding
+        raise HttpError(413, f"{what}: upload over {max_bytes} bytes")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise HttpError(400, f"{what} is not valid base64") from None
+    if len(data) > max_bytes:
+        raise HttpError(413, f"{what}: upload over {max_bytes} bytes")
+    return data
+
+
+def _decode(data: bytes, what: str, max_pixels: int) -> np.ndarray:
+    try:
+        return decode_image(data, f"<{what}>", max_pixels=max_pixels)
+    except ImageLoadError as exc:
+        raise HttpError(413 if "too large" in exc.reason else 400, str(exc)) from None
+
+
 def segment_dict(seg: SegmentInfo, with_mask: bool = True) -> dict[str, Any]:
     d = {"segment_id": seg.segment_id, "image_id": seg.image_id, "image_path": seg.image_path,
          "dataset": seg.dataset, "bbox_xywh": list(seg.bbox_xywh), "area": seg.area, "height": seg.height,
@@ -182,10 +259,34 @@ def segment_dict(seg: SegmentInfo, with_mask: bool = True) -> dict[str, Any]:
 # -- the application ---------------------------------------------------------------------------------
 
 
-def create_app(home: Home, read_only: bool = False, token: str | None = None) -> Starlette:
-    """The ASGI app serving ``home`` (which the caller opens and closes)."""
+def create_app(home: Home, read_only: bool = False, token: str | None = None, *, model: Any = None,
+               max_upload_bytes: int = MAX_UPLOAD_BYTES, max_upload_pixels: int = MAX_UPLOAD_PIXELS) -> Starlette:
+    """The ASGI app serving ``home`` (which the caller opens and closes). ``model``: the SAM model for
+    image queries (default: the home's own, loaded on the first one); uploads are refused (413) over
+    ``max_upload_bytes`` bytes or ``max_upload_pixels`` pixels."""
     if token is not None and not token:
         raise InputError("--token must not be empty")
+    models: list[Any] = [model] if model is not None else []
+    model_lock = threading.Lock()
+
+    def query_model() -> Any:
+        with model_lock:  # one load, however many clients ask at once
+            if not models:
+                models.append(model_for_home(home))
+            return models[0]
+
+    def image_search(data: dict[str, Any], k: int, min_score: float | None, filters: SearchFilters) -> Any:
+        raw = _upload(data.get("image"), "image", max_upload_bytes)
+        rgb = _decode(raw, "upload", max_upload_pixels)
+        loaded = LoadedImage(path=Path("<upload>"), rgb=rgb, width=int(rgb.shape[1]), height=int(rgb.shape[0]),
+                             content_hash=hashlib.sha256(raw).hexdigest(), file_size=len(raw))
+        mask = None
+        if data.get("mask") is not None:
+            mask = _decode(_upload(data["mask"], "mask", max_upload_bytes), "mask", max_upload_pixels).any(axis=2)
+        box = None if data.get("box") is None else _numbers(data["box"], 4, "box")
+        return search_by_image(home, loaded, box=box, points=_points(data.get("points"), "points"),
+                               negative_points=_points(data.get("negative_points"), "negative_points"),
+                               mask=mask, model=query_model(), k=k, filters=filters, min_score=min_score)
 
     def json_route(fn: Callable[..., Any]) -> Callable[[Request], Any]:
         """A handler whose work (store calls) runs in the thread pool, with errors as JSON."""
@@ -237,22 +338,74 @@ def create_app(home: Home, read_only: bool = False, token: str | None = None) ->
         render_crop(rgb, mask, size=size).save(buf, format="PNG")
         return buf.getvalue()
 
+    def _overlay_png(image_id: int, max_side: int) -> bytes:
+        info = get_image(home, image_id)
+        try:
+            rgb = load_image(info.image_path).rgb  # the path the home registered, never one from the request
+        except (ImageLoadError, OSError):
+            raise HttpError(410, f"image {image_id} is no longer readable") from None
+        masks = [seg.mask() for seg in info.segments]
+        if any(m.shape != rgb.shape[:2] for m in masks):
+            raise HttpError(409, f"image {image_id}: the file at its path changed size since ingest")
+        captions = [seg.label or seg.annotation_category or "" for seg in info.segments]
+        buf = io.BytesIO()
+        render_image_overlay(rgb, masks, captions, max_side=max_side).save(buf, format="PNG")
+        return buf.getvalue()
+
+    def _image_id(request: Request) -> int:
+        iid = request.path_params["id"]
+        if iid > 2**31 - 1:  # larger than any key the database holds
+            raise HttpError(404, "no such image")
+        return iid
+
+    async def image(request: Request) -> Any:
+        info = await call(get_image, home, _image_id(request))
+        return {"schema": API_SCHEMA, "image_id": info.image_id, "image_path": info.image_path,
+                "dataset": info.dataset, "width": info.width, "height": info.height, "status": info.status,
+                "segments": [segment_dict(seg, with_mask=False) for seg in info.segments]}
+
+    async def overlay(request: Request) -> Any:
+        max_side = _int_param(request, "max_side", 1024, 64, 4096)
+        png = await call(_overlay_png, _image_id(request), max_side)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache"})
+
     async def crop(request: Request) -> Any:
         size = _int_param(request, "size", 160, 16, 512)
         png = await call(_crop_png, _segment_id(request), size)
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=60"})
 
     async def search(request: Request) -> Any:
-        data = await _json_body(request)
+        # an image and its mask, base64 (4/3 of their bytes), and the rest of the request
+        data = await _json_body(request, max(MAX_BODY, (2 * max_upload_bytes) * 4 // 3 + MAX_BODY))
         asked = sorted(set(data) & _NOT_YET)
         if asked:
-            raise HttpError(400, f"{', '.join(asked)}: not supported by this server yet (search by segment_id)")
-        _check_keys(data, _SEARCH_KEYS, "the search request")
-        sid = data.get("segment_id")
-        if not isinstance(sid, str) or not sid:
-            raise HttpError(400, "segment_id (a string) is required")
+            raise HttpError(400, f"{', '.join(asked)}: not supported by this server yet "
+                                 "(search by segment_id, positive/negative examples, or image)")
         k = _typed(data, "k", int, 10)
         min_score = _typed(data, "min_score", (int, float))
+        if "image" in data:
+            _check_keys(data, _IMAGE_KEYS, "the image search request")
+            results = await call(image_search, data, k, None if min_score is None else float(min_score),
+                                 _filters(data.get("filters")))
+            return results.as_dict()
+        _check_keys(data, _SEARCH_KEYS, "the search request")
+        sid = data.get("segment_id")
+        if _FEEDBACK_KEYS & set(data):
+            # Relevance feedback: segment_id (if any) is one more positive example.
+            positive = ([sid] if isinstance(sid, str) and sid else []) + _example_ids(data, "positive")
+            negative = _example_ids(data, "negative")
+            if not positive:
+                raise HttpError(400, "relevance feedback needs segment_id or a non-empty positive list")
+            if min_score is not None:
+                raise HttpError(400, "min_score does not apply to positive/negative queries (their scores "
+                                     "are not cosines)")
+            diversity = _typed(data, "diversity", (int, float), 0.0)
+            results = await call(search_by_examples, home, positive, negative, k=k,
+                                 filters=_filters(data.get("filters")), diversity=float(diversity),
+                                 strategy=_typed(data, "strategy", str, "best_score"))
+            return results.as_dict()
+        if not isinstance(sid, str) or not sid:
+            raise HttpError(400, "segment_id (a string) is required")
         results = await call(search_by_segment, home, sid, k=k, filters=_filters(data.get("filters")),
                              min_score=None if min_score is None else float(min_score))
         return results.as_dict()
@@ -261,11 +414,24 @@ def create_app(home: Home, read_only: bool = False, token: str | None = None) ->
         data = await _json_body(request)
         _check_keys(data, {"segment_ids", "label"}, "the labels request")
         ids = _ids(data.get("segment_ids"))
-        label = data.get("label")
+        if "label" not in data:
+            raise HttpError(400, "label (a string, or null to clear manual labels) is required")
+        label = data["label"]
+        if label is None:
+            return await clear(ids)
         if not isinstance(label, str):
-            raise HttpError(400, "label (a string) is required")
+            raise HttpError(400, "label must be a string (or null to clear manual labels)")
         n = await call(set_manual_labels, home, ids, label)
         return {"schema": API_SCHEMA, "label": label, "requested": len(set(ids)), "labeled": n}
+
+    async def clear(ids: list[str]) -> Any:
+        n = await call(clear_manual_labels, home, ids)
+        return {"schema": API_SCHEMA, "label": None, "requested": len(set(ids)), "cleared": n}
+
+    async def unlabel(request: Request) -> Any:
+        data = await _json_body(request)
+        _check_keys(data, {"segment_ids"}, "the labels request")
+        return await clear(_ids(data.get("segment_ids")))
 
     async def facets(request: Request) -> Any:
         return {"schema": API_SCHEMA, "labels": await call(label_counts, home)}
@@ -302,9 +468,12 @@ def create_app(home: Home, read_only: bool = False, token: str | None = None) ->
         Route("/api/segments", json_route(segments), methods=["GET"]),
         Route("/api/segments/{id}", json_route(segment), methods=["GET"]),
         Route("/api/segments/{id}/crop.png", json_route(crop), methods=["GET"]),
+        Route("/api/images/{id:int}", json_route(image), methods=["GET"]),
+        Route("/api/images/{id:int}/overlay.png", json_route(overlay), methods=["GET"]),
         Route("/api/search", json_route(search), methods=["POST"]),
         Route("/api/labels", json_route(labels), methods=["POST"]),
         Route("/api/labels", json_route(facets), methods=["GET"]),
+        Route("/api/labels", json_route(unlabel), methods=["DELETE"]),
         Route("/api/clusters", json_route(clusters), methods=["GET"]),
         Route("/api/clusters/{run}", json_route(cluster_run), methods=["GET"]),
         Route("/api/clusters/{run}/{cluster:int}/name", json_route(name), methods=["POST"]),

@@ -23,6 +23,11 @@ section{flex:1;min-width:0}
 #status{color:#aaa} .err{color:#f77}
 h2{font-size:15px;margin:4px 0 8px}
 .cluster{margin-bottom:10px;border-top:1px solid #333;padding-top:6px}
+#image-view img{max-width:100%;display:block;margin-bottom:6px}
+#image-view li{font-size:12px}
+.tile.liked{border-color:#5c5} .tile.unliked{border-color:#c55}
+.tile .fb{position:absolute;top:4px;right:4px;display:flex;gap:2px}
+.tile .fb button{padding:0 5px;font-size:12px}
 </style></head><body>
 <header>
  <b>samsearch</b>
@@ -30,6 +35,7 @@ h2{font-size:15px;margin:4px 0 8px}
  <input id="f-cluster" placeholder="cluster" size="6"><button id="apply">filter</button>
  <button id="prev">&larr;</button><span id="pageno"></span><button id="next">&rarr;</button>
  <span>|</span><input id="label-input" placeholder="label for selected"><button id="assign">assign label</button>
+ <button id="unassign">clear manual label</button>
  <button id="clear-sel">clear selection</button><button id="show-clusters">clusters</button>
  <span id="status"></span>
 </header>
@@ -37,7 +43,10 @@ h2{font-size:15px;margin:4px 0 8px}
  <section><h2 id="grid-title">segments</h2><div id="grid" class="grid"></div></section>
  <section id="side"><h2 id="nb-title">click a segment to see its nearest neighbours</h2>
   <label><input type="checkbox" id="exclude-same"> other images only</label>
-  <div id="neighbours" class="grid"></div><div id="clusters"></div></section>
+  <span id="fb-bar"> | mark hits + (like) / &minus; (unlike), then <button id="refine">refine</button>
+   diversity <input id="diversity" type="number" min="0" max="1" step="0.1" value="0" size="3"></span>
+  <button id="open-image" disabled>its image</button>
+  <div id="neighbours" class="grid"></div><div id="clusters"></div><div id="image-view"></div></section>
 </main>
 <script>
 "use strict";
@@ -105,15 +114,67 @@ async function neighbours(t, s) {
   t.classList.add("active");
   $("clusters").replaceChildren();
   $("nb-title").textContent = "nearest neighbours of " + s.segment_id + " (" + describe(s) + ")";
-  const out = $("neighbours"); out.replaceChildren();
+  feedback = {pos: new Set([s.segment_id]), neg: new Set()};
+  current = s; $("open-image").disabled = false; $("image-view").replaceChildren();
+  $("neighbours").replaceChildren();  // the old hits go at once: never mistaken for the new ones
   try {
-    const res = await api("/api/search", {segment_id: s.segment_id, k: 12,
-                                          filters: {exclude_same_image: $("exclude-same").checked}});
-    for (const h of res.hits) {
-      const n = tile(h, "#" + h.rank + " " + h.score.toFixed(3) + " " + describe(h), () => neighbours(n, h));
-      n.classList.add("hit"); n.dataset.score = h.score; out.appendChild(n);
+    showHits(await api("/api/search", {segment_id: s.segment_id, k: 12,
+                                       filters: {exclude_same_image: $("exclude-same").checked}}));
+  } catch (e) { status(e.message, true); }
+}
+let feedback = {pos: new Set(), neg: new Set()}, current = null;
+async function showImage() {
+  if (!current) return;
+  const view = $("image-view"); view.replaceChildren(); $("neighbours").replaceChildren();
+  $("clusters").replaceChildren();
+  try {
+    const info = await api("/api/images/" + current.image_id);
+    $("nb-title").textContent = "image " + info.image_id + " (" + info.dataset + "): "
+      + info.segments.length + " segments";
+    const img = document.createElement("img"); img.id = "overlay"; view.appendChild(img);
+    img.src = URL.createObjectURL(await api("/api/images/" + info.image_id + "/overlay.png"));
+    const list = document.createElement("ol");
+    for (const seg of info.segments) {
+      const li = document.createElement("li"); li.className = "image-seg"; li.dataset.id = seg.segment_id;
+      li.textContent = (seg.label || seg.annotation_category || "unlabeled") + " \u00b7 area " + seg.area
+        + (seg.segment_id === current.segment_id ? " (this one)" : "");
+      li.style.cursor = "pointer"; li.title = "its nearest neighbours";
+      li.addEventListener("click", () => neighbours(li, seg));
+      list.appendChild(li);
     }
-    if (!res.hits.length) status("no neighbours match");
+    view.appendChild(list);
+  } catch (e) { status(e.message, true); }
+}
+function mark(n, id, like) {
+  const mine = like ? feedback.pos : feedback.neg, other = like ? feedback.neg : feedback.pos;
+  if (mine.has(id)) mine.delete(id); else { mine.add(id); other.delete(id); }
+  n.classList.toggle("liked", feedback.pos.has(id)); n.classList.toggle("unliked", feedback.neg.has(id));
+  status((feedback.pos.size - 1) + " liked, " + feedback.neg.size + " unliked: refine to search again");
+}
+function showHits(res) {
+  const out = $("neighbours"); out.replaceChildren();
+  for (const h of res.hits) {
+    const n = tile(h, "#" + h.rank + " " + h.score.toFixed(3) + " " + describe(h), () => neighbours(n, h));
+    n.classList.add("hit"); n.dataset.score = h.score;
+    const fb = document.createElement("div"); fb.className = "fb";
+    for (const [cls, text, like] of [["like", "+", true], ["unlike", "\u2212", false]]) {
+      const b = document.createElement("button"); b.className = cls; b.textContent = text;
+      b.addEventListener("click", (ev) => { ev.stopPropagation(); mark(n, h.segment_id, like); });
+      fb.appendChild(b);
+    }
+    n.appendChild(fb); out.appendChild(n);
+  }
+  if (!res.hits.length) status("no neighbours match");
+}
+async function refine() {
+  if (!feedback.pos.size) { status("click a segment first", true); return; }
+  const diversity = Math.min(1, Math.max(0, parseFloat($("diversity").value) || 0));
+  try {
+    const res = await api("/api/search", {positive: [...feedback.pos], negative: [...feedback.neg], k: 12,
+      diversity: diversity, filters: {exclude_same_image: $("exclude-same").checked}});
+    $("nb-title").textContent = "refined: like " + feedback.pos.size + ", unlike " + feedback.neg.size
+      + (diversity ? ", diversity " + diversity : "");
+    showHits(res); status("refined (" + res.hits.length + " hits)");
   } catch (e) { status(e.message, true); }
 }
 async function assign() {
@@ -124,8 +185,16 @@ async function assign() {
     selected.clear(); loadGrid("labeled " + r.labeled + " segment(s) " + JSON.stringify(label));
   } catch (e) { status(e.message, true); }
 }
+async function unassign() {
+  if (!selected.size) { status("select segments (checkbox) first", true); return; }
+  try {
+    const r = await api("/api/labels", {segment_ids: [...selected], label: null});
+    selected.clear(); loadGrid("cleared the manual label of " + r.cleared + " segment(s)");
+  } catch (e) { status(e.message, true); }
+}
 async function showClusters() {
   const box = $("clusters"); box.replaceChildren(); $("neighbours").replaceChildren();
+  $("image-view").replaceChildren();
   try {
     const runs = (await api("/api/clusters")).runs;
     if (!runs.length) { $("nb-title").textContent = "no clustering runs yet (samsearch cluster)"; return; }
@@ -161,8 +230,11 @@ $("apply").addEventListener("click", () => { offset = 0; loadGrid(); });
 $("next").addEventListener("click", () => { offset += PAGE_SIZE; loadGrid(); });
 $("prev").addEventListener("click", () => { offset = Math.max(0, offset - PAGE_SIZE); loadGrid(); });
 $("assign").addEventListener("click", assign);
+$("unassign").addEventListener("click", unassign);
 $("clear-sel").addEventListener("click", () => { selected.clear(); loadGrid(); });
 $("show-clusters").addEventListener("click", showClusters);
+$("refine").addEventListener("click", refine);
+$("open-image").addEventListener("click", showImage);
 loadGrid();
 </script></body></html>
 """

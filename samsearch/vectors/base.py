@@ -138,6 +138,22 @@ class VectorStore(Protocol):
     ) -> list[list[Hit]]:
         """One top-``k`` list per query row."""
 
+    def recommend(
+        self,
+        name: str,
+        positive: Sequence[str],
+        negative: Sequence[str] = (),
+        k: int = 10,
+        flt: Filter | None = None,
+        strategy: str = "best_score",
+    ) -> list[Hit]:
+        """Top-``k`` points like the stored ``positive`` points and unlike the ``negative`` ones (Qdrant's
+        recommend query), best first; the examples themselves are never returned. ``strategy``:
+        ``"best_score"`` ranks a point by its best similarity to a positive when that beats its best
+        similarity to a negative, else below every such point by that negative similarity (scores are
+        Qdrant's, not cosines); ``"sum_scores"`` by the sum of its similarities to the positives minus
+        the sum to the negatives. An example id that is not stored is a VectorStoreError."""
+
     def scroll(
         self,
         name: str,
@@ -177,6 +193,30 @@ class VectorStore(Protocol):
 
 
 # -- helpers shared by the backends ------------------------------------------------------------------
+
+RECOMMEND_STRATEGIES = ("best_score", "sum_scores")
+
+
+def check_examples(positive: Sequence[str], negative: Sequence[str], strategy: str) -> tuple[list[str], list[str]]:
+    """The example ids as canonical UUID strings (each once; one given as both is an error)."""
+    if strategy not in RECOMMEND_STRATEGIES:
+        raise VectorStoreError(f"recommend strategy must be one of {', '.join(RECOMMEND_STRATEGIES)}, "
+                               f"not {strategy!r}")
+    pos, neg = (list(dict.fromkeys(_canonical(i) for i in ids)) for ids in (positive, negative))
+    if not pos:
+        raise VectorStoreError("recommend needs at least one positive example")
+    both = set(pos) & set(neg)
+    if both:
+        raise VectorStoreError(f"point {sorted(both)[0]} is both a positive and a negative example")
+    return pos, neg
+
+
+def _canonical(i: str) -> str:
+    try:
+        return str(uuid.UUID(str(i)))
+    except ValueError:
+        raise VectorStoreError(f"example {str(i)[:80]!r} is not a point id (a UUID)") from None
+
 
 
 def unit_rows(vectors: np.ndarray | Sequence[float], dim: int) -> np.ndarray:

@@ -59,6 +59,7 @@ from samsearch.vectors.base import (
     Record,
     VectorBatch,
     VectorStoreError,
+    check_examples,
     in_order,
     plain_payload,
     plain_value,
@@ -469,6 +470,40 @@ class EdgeVectorStore:
             batch = qe.QueryBatchRequest([self._request(row, k, edge_flt, None, *route) for row in x])
             results = coll.shard.query_batch(batch)
         return [[Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in res] for res in results]
+
+    def recommend(
+        self,
+        name: str,
+        positive: Sequence[str],
+        negative: Sequence[str] = (),
+        k: int = 10,
+        flt: Filter | None = None,
+        strategy: str = "best_score",
+    ) -> list[Hit]:
+        pos, neg = check_examples(positive, negative, strategy)
+        if k <= 0:
+            return []
+        with self._lock, self._errors("recommend", name):
+            coll = self._get(name)
+            # Edge takes example vectors, not ids: read them, and keep the examples out of the answer.
+            found = {str(r.id): r.vector for r in coll.shard.retrieve(pos + neg, with_payload=False, with_vector=True)}
+            missing = [i for i in pos + neg if i not in found]
+            if missing:
+                raise VectorStoreError(f"recommend on collection {name!r}: no point {missing[0]}")
+            edge_flt = to_edge_filter(flt)
+            exact, acorn = self._route(coll, flt, edge_flt, False)
+            not_examples = qe.HasIdCondition(set(pos + neg))
+            if edge_flt is None:
+                edge_flt = qe.Filter(must_not=[not_examples])
+            else:
+                edge_flt = qe.Filter(must=[edge_flt], must_not=[not_examples])
+            rq = qe.RecommendQuery([list(found[i]) for i in pos], [list(found[i]) for i in neg])
+            query = qe.Query.RecommendBestScore(rq) if strategy == "best_score" else qe.Query.RecommendSumScores(rq)
+            params = qe.SearchParams(hnsw_ef=self.hnsw_ef, exact=exact,
+                                     acorn=qe.AcornSearchParams(enable=True) if acorn else None)
+            points = coll.shard.query(qe.QueryRequest(limit=int(k), query=query, filter=edge_flt,
+                                                      with_payload=True, params=params))
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
     def scroll(
         self,

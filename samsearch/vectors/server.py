@@ -39,6 +39,7 @@ from samsearch.vectors.base import (
     Record,
     VectorBatch,
     VectorStoreError,
+    check_examples,
     in_order,
     plain_payload,
     plain_value,
@@ -501,6 +502,34 @@ class ServerVectorStore:
         with self._lock, self._errors("search", name):
             responses = self._client.query_batch_points(name, requests=requests)
         return [[Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in r.points] for r in responses]
+
+    def recommend(
+        self,
+        name: str,
+        positive: Sequence[str],
+        negative: Sequence[str] = (),
+        k: int = 10,
+        flt: Filter | None = None,
+        strategy: str = "best_score",
+    ) -> list[Hit]:
+        pos, neg = check_examples(positive, negative, strategy)
+        if k <= 0:
+            return []
+        # By id: the server looks the examples up itself and leaves them out of the answer.
+        query = models.RecommendQuery(recommend=models.RecommendInput(
+            positive=pos, negative=neg or None, strategy=models.RecommendStrategy(strategy)))
+        with self._lock, self._errors("recommend", name):
+            # A missing example is a 404 that reads like a missing collection (a KeyError in local mode):
+            # check them first, one cheap request, so the error names the point.
+            have = {str(r.id) for r in self._client.retrieve(name, ids=pos + neg, with_payload=False)}
+            missing = [i for i in pos + neg if i not in have]
+            if missing:
+                raise VectorStoreError(f"recommend on collection {name!r}: no point {missing[0]}")
+            res = self._client.query_points(
+                name, query=query, limit=int(k), query_filter=to_qdrant_filter(flt), with_payload=True,
+                search_params=self._params(False),
+            )
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in res.points]
 
     def scroll(
         self,

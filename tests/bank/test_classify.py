@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 from label_fixtures import CLASSES, DIM, bank_instances, fill_segments, snapshot
 
-from samsearch.bank.classify import Classifier, LabelOptions, label_segments, selection, set_manual_labels
+from samsearch.bank.classify import (
+    Classifier,
+    LabelOptions,
+    clear_manual_labels,
+    label_segments,
+    selection,
+    set_manual_labels,
+)
 from samsearch.bank.store import bank_collection, create_bank, load_centroids
 from samsearch.errors import InputError, NotFoundError
 from samsearch.home import SEGMENTS, Home
@@ -75,6 +82,26 @@ def test_rerun_relabel_manual_labels_and_another_bank(home):
     assert (overwrite.labeled, overwrite.kept_manual) == (150, 0)
     snap = snapshot(home)
     assert all(snap[s][0][0] == truth[s] and snap[s][0][2] == "bank" for s in hand)
+
+
+def test_clear_manual_labels_only_clears_manual_ones(home):
+    truth = fill_segments(home, 60)
+    create_bank(home, "b1", bank_instances(seed=9), per_class=3)
+    ids = list(truth)
+    hand, banked = ids[:5], ids[5:8]
+    set_manual_labels(home, hand, "person-said")
+    _label(home)
+    before = snapshot(home)
+    # the bank-labeled ones in the request and an unknown id are left alone
+    assert clear_manual_labels(home, hand + banked + ["nope", hand[0]]) == 5
+    after = snapshot(home)
+    assert all(after[s] == ((None,) * 4, (None,) * 4) for s in hand)  # SQL and payload agree
+    assert all(after[s] == before[s] for s in ids[5:])
+    assert home.vectors.count(SEGMENTS, Filter.of(IsNull("label"))) == 5
+    assert clear_manual_labels(home, hand) == 0 and clear_manual_labels(home, []) == 0
+    # unlabeled again: the next labeling run labels them
+    assert _label(home).labeled == 5
+    assert all(snapshot(home)[s][0][2] == "bank" for s in hand)
 
 
 def test_unknown_when_a_class_is_missing_from_the_bank(home):

@@ -587,3 +587,106 @@ def test_cli_empty_corpus(tmp_path):
     result = runner.invoke(app, ["--home", str(tmp_path / "empty"), "search", "--segment", "x"])
     assert result.exit_code == 1
     assert result.stderr == f"Error: {tmp_path / 'empty'}: no segments stored yet (run `samsearch ingest` first)\n"
+
+
+# -- relevance feedback (positive / negative examples, MMR) -----------------------------------------
+
+
+def _feedback_scores(corpus, pos, neg, strategy="best_score"):
+    """Qdrant's recommend order from numpy, over every stored segment but the examples."""
+    ids = [i for i in corpus.vectors if i not in pos + neg]
+    x = np.stack([corpus.vectors[i] for i in ids])
+    sp = x @ np.stack([corpus.vectors[i] for i in pos]).T
+    sn = x @ np.stack([corpus.vectors[i] for i in neg]).T if neg else np.zeros((len(ids), 0))
+    if strategy == "sum_scores":
+        return dict(zip(ids, sp.sum(1) - sn.sum(1), strict=True))
+    bp, bn = sp.max(1), (sn.max(1) if neg else np.full(len(ids), -np.inf))
+    return dict(zip(ids, np.where(bp > bn, 2 + bp, -bn), strict=True))
+
+
+def _is_top(hits, want, k):
+    """The hits are a best-first top-k of ``want`` (ties within 1e-5 may swap)."""
+    got = [want[h.segment_id] for h in hits]
+    assert len(hits) == k and all(a >= b - 1e-5 for a, b in zip(got, got[1:], strict=False))
+    rest = sorted((v for i, v in want.items() if i not in {h.segment_id for h in hits}), reverse=True)
+    assert not rest or min(got) >= rest[0] - 1e-5
+
+
+@pytest.mark.parametrize("strategy", ["best_score", "sum_scores"])
+def test_examples_query_ranks_like_brute_force(corpus, strategy):
+    from samsearch.search.query import search_by_examples
+
+    a, b = corpus.of_class("red_disc")[:2], corpus.of_class("blue_square")[:1]
+    res = search_by_examples(corpus.home, a, b, k=8, strategy=strategy)
+    assert res.query.kind == "examples" and res.as_dict()["query"]["examples"] == {
+        "positive": a, "negative": b, "strategy": strategy, "diversity": 0.0}
+    _is_top(res.hits, _feedback_scores(corpus, a, b, strategy), 8)
+    _ranked(res)
+    assert not {h.segment_id for h in res} & set(a + b)
+    # the negative example pushes its class down: fewer squares than with the positives alone
+    alone = search_by_examples(corpus.home, a, k=8, strategy=strategy)
+    squares = [sum(corpus.category[h.segment_id] == "blue_square" for h in r) for r in (res, alone)]
+    assert squares[0] <= squares[1]
+
+
+def test_examples_query_filters(corpus):
+    from samsearch.search.query import search_by_examples
+
+    pos = [corpus.of_class("red_disc")[0], corpus.of_class("green_triangle")[0]]
+    images = {corpus.image_of[i] for i in pos}
+    res = search_by_examples(corpus.home, pos, k=30, filters=SearchFilters(dataset="a", exclude_same_image=True))
+    assert res.hits and all(h.dataset == "a" and h.image_id not in images for h in res)
+    want = {i: v for i, v in _feedback_scores(corpus, pos, []).items()
+            if corpus.payload[i]["dataset"] == "a" and corpus.image_of[i] not in images}
+    _is_top(res.hits, want, min(30, len(want)))
+
+
+def test_mmr_order_trades_relevance_for_spread():
+    from samsearch.search.query import mmr_order
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(16)[:3]  # orthogonal groups
+    # 4 near-copies of centre 0 (the most relevant), then 2 of centre 1, 2 of centre 2
+    x = np.concatenate([centres[0] + 0.01 * rng.standard_normal((4, 16)),
+                        centres[1] + 0.01 * rng.standard_normal((2, 16)),
+                        centres[2] + 0.01 * rng.standard_normal((2, 16))])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    rel = np.array([0.9, 0.89, 0.88, 0.87, 0.6, 0.59, 0.5, 0.49])
+    assert mmr_order(rel, x, 3, 0.0) == [0, 1, 2]
+    spread = mmr_order(rel, x, 3, 0.5)
+    assert spread == [0, 4, 6]  # one of each group, best of each first
+    assert mmr_order(rel, x, 20, 0.5)[:3] == spread and sorted(mmr_order(rel, x, 20, 0.5)) == list(range(8))
+    assert mmr_order(rel[:0], x[:0], 3, 0.5) == []
+
+
+def test_examples_query_with_diversity_spreads_the_hits(corpus):
+    from samsearch.search.query import search_by_examples
+
+    pos = corpus.of_class("red_disc")[:1]
+    plain = search_by_examples(corpus.home, pos, k=6)
+    diverse = search_by_examples(corpus.home, pos, k=6, diversity=0.8)
+    assert len(diverse) == 6 and diverse[0].segment_id == plain[0].segment_id  # the best stays first
+    assert [h.rank for h in diverse] == list(range(1, 7))
+
+    def spread(res):
+        v = np.stack([corpus.vectors[h.segment_id] for h in res])
+        return float((v @ v.T)[np.triu_indices(len(v), 1)].mean())
+
+    assert spread(diverse) < spread(plain)
+    assert len({corpus.category[h.segment_id] for h in diverse}) >= len({corpus.category[h.segment_id] for h in plain})
+
+
+def test_examples_query_errors(corpus):
+    from samsearch.search.query import search_by_examples
+
+    sid = corpus.of_class("red_disc")[0]
+    with pytest.raises(NotFoundError):
+        search_by_examples(corpus.home, [sid, str(uuid.uuid4())])
+    with pytest.raises(NotFoundError):
+        search_by_examples(corpus.home, [sid], ["../../etc/passwd"])
+    for kwargs, message in (({"positive": []}, "positive"), ({"positive": [sid], "negative": [sid]}, "both"),
+                            ({"positive": [sid], "diversity": 1.5}, "diversity"),
+                            ({"positive": [sid], "strategy": "avg"}, "strategy"),
+                            ({"positive": [sid], "k": 0}, "-k")):
+        with pytest.raises(InputError, match=message):
+            search_by_examples(corpus.home, **kwargs)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -130,6 +131,45 @@ def test_one_segment_and_its_crop(api, home):
     _error(api.get(f"/api/segments/{uuid.uuid4()}/crop.png"), 404)
 
 
+def test_image_view(api, home):
+    import numpy as np
+    from PIL import Image
+
+    from samsearch.data.imageio import load_image
+
+    seg = api.get(f"/api/segments/{_all_ids(home)[0]}").json()
+    with home.db.session() as s:
+        want = sorted(s.execute(select(Segment.id).where(Segment.image_id == seg["image_id"])).scalars())
+    info = api.get(f"/api/images/{seg['image_id']}").json()
+    assert info["image_id"] == seg["image_id"] and info["dataset"] == seg["dataset"]
+    assert [x["segment_id"] for x in info["segments"]] == want and len(want) > 1
+    assert all(x["image_id"] == seg["image_id"] for x in info["segments"])
+    r = api.get(f"/api/images/{seg['image_id']}/overlay.png")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    from io import BytesIO
+
+    pic = np.asarray(Image.open(BytesIO(r.content)).convert("RGB"))
+    raw = load_image(seg["image_path"]).rgb
+    assert pic.shape == raw.shape
+    changed = (pic != raw).any(axis=2)
+    # every segment's outline is drawn: each mask's border pixels changed, far-away pixels did not
+    from samsearch.search.segments import get_segment
+
+    for sid in want:
+        mask = get_segment(home, sid).mask()
+        assert changed[mask].any()
+    assert 0 < changed.mean() < 0.5
+    small = Image.open(BytesIO(api.get(f"/api/images/{seg['image_id']}/overlay.png",
+                                       params={"max_side": 64}).content))
+    assert max(small.size) == 64
+    _error(api.get("/api/images/999999"), 404)
+    _error(api.get("/api/images/999999/overlay.png"), 404)
+    _error(api.get("/api/images/99999999999999999999999"), 404)
+    _error(api.get("/api/images/..%2F..%2Fetc%2Fpasswd"), 404)
+    _error(api.get("/api/images/-1/overlay.png"), 404)
+    _error(api.get(f"/api/images/{seg['image_id']}/overlay.png", params={"max_side": 10}), 400)
+
+
 @pytest.mark.parametrize("trick", [
     "..%2F..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", "..", "....%2F%2Fetc%2Fpasswd", "%00", "C:%5Cwindows",
     "x" * 300, "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
@@ -162,6 +202,29 @@ def test_search_matches_the_library_and_cli_fields(api, home):
     assert only_b["hits"] and {h["dataset"] for h in only_b["hits"]} == {"b"}
 
 
+def test_relevance_feedback_matches_the_library(api, home):
+    from samsearch.search.query import SearchFilters, search_by_examples
+
+    ids = _all_ids(home)
+    pos, neg = ids[:2], ids[5:6]
+    body = {"segment_id": pos[0], "positive": pos[1:], "negative": neg, "k": 5,
+            "filters": {"exclude_same_image": True}}
+    r = api.post("/api/search", json=body)
+    assert r.status_code == 200, r.text
+    data = r.json()
+    lib = search_by_examples(home, pos, neg, k=5, filters=SearchFilters(exclude_same_image=True))
+    assert [h["segment_id"] for h in data["hits"]] == [h.segment_id for h in lib] and len(lib) == 5
+    assert data["query"]["kind"] == "examples" and data["query"]["examples"]["negative"] == neg
+    assert not {h["segment_id"] for h in data["hits"]} & set(pos + neg)
+    examples = {api.get(f"/api/segments/{i}").json()["image_id"] for i in pos}
+    assert all(h["image_id"] not in examples for h in data["hits"])
+    # diversity re-ranks (MMR): same first hit, ranks 1..k, the library's order
+    d = api.post("/api/search", json={"positive": pos, "k": 5, "diversity": 0.7}).json()
+    lib_d = search_by_examples(home, pos, k=5, diversity=0.7)
+    assert [h["segment_id"] for h in d["hits"]] == [h.segment_id for h in lib_d]
+    assert [h["rank"] for h in d["hits"]] == [1, 2, 3, 4, 5] and d["query"]["examples"]["diversity"] == 0.7
+
+
 def test_search_bad_requests(api, home):
     sid = _all_ids(home)[0]
     _error(api.post("/api/search", json={"segment_id": str(uuid.uuid4())}), 404)
@@ -171,7 +234,16 @@ def test_search_bad_requests(api, home):
     _error(api.post("/api/search", json={"segment_id": sid, "k": True}), 400)
     _error(api.post("/api/search", json={"segment_id": sid, "filters": {"colour": "red"}}), 400)
     _error(api.post("/api/search", json={"segment_id": sid, "filters": {"min_area": 9, "max_area": 1}}), 400)
-    assert "not supported" in _error(api.post("/api/search", json={"segment_id": sid, "positive": [sid]}), 400)
+    assert "not supported" in _error(api.post("/api/search", json={"segment_id": sid, "text": "a cat"}), 400)
+    _error(api.post("/api/search", json={"positive": []}), 400)
+    _error(api.post("/api/search", json={"positive": "abc"}), 400)
+    _error(api.post("/api/search", json={"positive": [sid], "negative": [sid]}), 400)
+    _error(api.post("/api/search", json={"positive": [sid], "diversity": 2}), 400)
+    _error(api.post("/api/search", json={"positive": [sid], "diversity": True}), 400)
+    _error(api.post("/api/search", json={"positive": [sid], "strategy": "mean"}), 400)
+    _error(api.post("/api/search", json={"positive": [sid], "min_score": 0.5}), 400)
+    _error(api.post("/api/search", json={"positive": [sid, str(uuid.uuid4())]}), 404)
+    _error(api.post("/api/search", json={"positive": [sid], "negative": ["../../etc/passwd"]}), 404)
     _error(api.post("/api/search", content=b"{not json", headers={"content-type": "application/json"}), 400)
     _error(api.post("/api/search", json=[1, 2]), 400)
     _error(api.get("/api/search"), 405)
@@ -213,6 +285,25 @@ def test_labels_are_stored_and_script_labels_stay_data(api, home):
     _error(api.post("/api/labels", json={"segment_ids": [1, 2], "label": "x"}), 400)
 
 
+def test_clearing_manual_labels(api, home):
+    ids = _all_ids(home)[6:9]
+    assert api.post("/api/labels", json={"segment_ids": ids, "label": "to-clear"}).json()["labeled"] == 3
+    r = api.request("DELETE", "/api/labels", json={"segment_ids": ids[:2]})
+    assert r.status_code == 200, r.text
+    assert r.json()["cleared"] == 2
+    r = api.post("/api/labels", json={"segment_ids": ids[2:], "label": None})
+    assert r.status_code == 200 and r.json()["cleared"] == 1 and r.json()["label"] is None
+    with home.db.session() as s:  # SQL and payload agree: unlabeled
+        rows = s.execute(select(Segment.label, Segment.label_source).where(Segment.id.in_(ids))).all()
+    assert set(rows) == {(None, None)}
+    assert {(p.payload.get("label"), p.payload.get("label_source")) for p in home.vectors.retrieve("segments", ids)} \
+        == {(None, None)}
+    assert api.get("/api/segments", params={"label": "to-clear"}).json()["segments"] == []
+    assert api.request("DELETE", "/api/labels", json={"segment_ids": ids}).json()["cleared"] == 0
+    _error(api.request("DELETE", "/api/labels", json={"segment_ids": []}), 400)
+    _error(api.request("DELETE", "/api/labels", json={"segment_ids": ids, "label": "x"}), 400)
+
+
 def test_name_a_cluster(api, home):
     rep = api.get("/api/clusters/k3").json()
     c = rep["clusters"][0]
@@ -231,6 +322,8 @@ def test_read_only_refuses_every_write(read_only, home):
     assert "read-only" in _error(read_only.post("/api/labels", json={"segment_ids": ids, "label": "ro"}), 403)
     _error(read_only.post("/api/clusters/k3/0/name", json={"label": "ro"}), 403)
     _error(read_only.delete(f"/api/segments/{ids[0]}"), 403)
+    _error(read_only.request("DELETE", "/api/labels", json={"segment_ids": ids}), 403)
+    _error(read_only.post("/api/labels", json={"segment_ids": ids, "label": None}), 403)
     assert read_only.get(f"/api/segments/{ids[0]}").json()["label"] == before
     # reads and search still work
     assert len(read_only.post("/api/search", json={"segment_id": ids[0], "k": 2}).json()["hits"]) == 2
@@ -286,3 +379,111 @@ def test_cli_serves_a_home_until_stopped(tmp_path, free_port):
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()
     assert b"Traceback" not in err
+
+
+# -- search by an uploaded image -------------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()
+
+
+def _png(array) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    buf = BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_upload_with_a_mask_finds_the_segment_it_came_from(api, home):
+    """The image file of a stored segment, uploaded with that segment's mask: embedded as ingest embedded
+    it, so the segment itself is the first hit (score ~1), and the hits are the library's."""
+    import numpy as np
+
+    from samsearch.search.query import search_by_image
+    from samsearch.search.segments import get_segment
+
+    seg = get_segment(home, _all_ids(home)[4])
+    raw = Path(seg.image_path).read_bytes()
+    mask = seg.mask()
+    body = {"image": "data:image/png;base64," + _b64(raw), "mask": _b64(_png(mask.astype(np.uint8) * 255)),
+            "k": 5, "filters": {"dataset": seg.dataset}}
+    r = api.post("/api/search", json=body)
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["query"]["kind"] == "image" and data["query"]["image_path"] == "<upload>"
+    assert data["hits"][0]["segment_id"] == seg.segment_id and data["hits"][0]["score"] > 0.999
+    from samsearch.search.query import SearchFilters
+
+    lib = search_by_image(home, seg.image_path, mask=mask, k=5, filters=SearchFilters(dataset=seg.dataset))
+    assert [h["segment_id"] for h in data["hits"]] == [h.segment_id for h in lib]
+    # "other images only" knows the upload's image by its content hash
+    other = api.post("/api/search", json={**body, "filters": {"exclude_same_image": True}}).json()
+    assert other["hits"] and all(h["image_id"] != seg.image_id for h in other["hits"])
+    # a box prompt works too (tiny-random's mask for it is arbitrary: only that it answers, ranked)
+    x, y, w, h = seg.bbox_xywh
+    boxed = api.post("/api/search", json={"image": _b64(raw), "box": [x, y, x + w, y + h], "k": 3})
+    assert boxed.status_code == 200, boxed.text
+    assert [h["rank"] for h in boxed.json()["hits"]] == [1, 2, 3]
+
+
+def test_uploads_over_the_limits_are_refused(home, serve, tiny_model):
+    import numpy as np
+
+    small = serve(home, model=tiny_model, max_upload_bytes=20_000, max_upload_pixels=100_000).client
+    noise = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    big = _png(noise)  # ~120 kB of incompressible pixels
+    assert len(big) > 20_000
+    assert "bytes" in _error(small.post("/api/search", json={"image": _b64(big), "box": [0, 0, 9, 9]}), 413)
+    # the body limit holds without a Content-Length too (chunked)
+    import json as _json
+
+    def chunks():
+        payload = _json.dumps({"image": _b64(big), "box": [0, 0, 9, 9]}).encode()
+        for i in range(0, len(payload), 8192):
+            yield payload[i:i + 8192]
+
+    assert "bytes" in _error(small.post("/api/search", content=chunks(),
+                                        headers={"content-type": "application/json"}), 413)
+    # few bytes, many pixels: refused from the header, before decoding
+    flat = _png(np.zeros((400, 400, 3), np.uint8))
+    assert len(flat) < 20_000
+    assert "pixels" in _error(small.post("/api/search", json={"image": _b64(flat), "box": [0, 0, 9, 9]}), 413)
+
+
+def test_a_pixel_bomb_is_refused_at_the_default_limit(api):
+    """A PNG whose header claims 60000 x 60000 pixels (3.6 G, ~10 GB decoded) in a few hundred bytes."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    png = bytearray(_png(np.zeros((8, 8, 3), np.uint8)))
+    ihdr = png.index(b"IHDR")
+    png[ihdr + 4:ihdr + 12] = struct.pack(">II", 60_000, 60_000)
+    png[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(png[ihdr:ihdr + 17])))
+    message = _error(api.post("/api/search", json={"image": _b64(bytes(png)), "box": [0, 0, 9, 9]}), 413)
+    assert "pixels" in message
+
+
+def test_bad_uploads_are_400(api, home):
+    from samsearch.search.segments import get_segment
+
+    seg = get_segment(home, _all_ids(home)[0])
+    raw = _b64(Path(seg.image_path).read_bytes())
+    for body, word in (({"image": "not base64!!", "box": [0, 0, 9, 9]}, "base64"),
+                       ({"image": _b64(b"hello, not an image"), "box": [0, 0, 9, 9]}, "upload"),
+                       ({"image": raw}, "prompt"),
+                       ({"image": raw, "box": [0, 0, 9]}, "box"),
+                       ({"image": raw, "box": [0, 0, True, 9]}, "box"),
+                       ({"image": raw, "box": [0, 0, 9000, 9000]}, "outside"),
+                       ({"image": raw, "points": [[1, 2, 3]]}, "points"),
+                       ({"image": raw, "box": [0, 0, 9, 9], "segment_id": seg.segment_id}, "unknown"),
+                       ({"image": raw, "mask": _b64(b"\x89PNG garbage")}, "mask"),
+                       ({"image": 5, "box": [0, 0, 9, 9]}, "base64")):
+        assert word in _error(api.post("/api/search", json=body), 400), body

@@ -14,6 +14,7 @@ import pytest
 
 from samsearch.cluster.naming import cluster_names
 from samsearch.home import Home
+from samsearch.search.query import search_by_examples
 from samsearch.search.segments import fetch_segments
 
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -86,6 +87,38 @@ def test_grid_neighbours_labels_and_cluster_names(site, browser, artifacts):
     assert hits[0].text.startswith("#1 ")
     browser.save_screenshot(str(artifacts / "serve-neighbours.png"))
 
+    # the query's image: every segment outlined, listed with its label
+    browser.find_element(By.ID, "open-image").click()
+    _wait(browser, lambda d: d.execute_script(
+        "const i = document.getElementById('overlay'); return i && i.complete && i.naturalWidth > 0;"))
+    listed = [li.get_attribute("data-id") for li in browser.find_elements(By.CSS_SELECTOR, "#image-view li")]
+    from samsearch.search.segments import get_image
+
+    image_id = fetch_segments(home, [query])[query].image_id
+    assert listed == [s.segment_id for s in get_image(home, image_id).segments] and query in listed
+    browser.save_screenshot(str(artifacts / "serve-image.png"))
+    other = next(li for li in browser.find_elements(By.CSS_SELECTOR, "#image-view li")
+                 if li.get_attribute("data-id") != query)
+    other_id = other.get_attribute("data-id")
+    other.click()  # a listed segment: its neighbours
+    _wait(browser, lambda d: _loaded_tiles(d, "#neighbours .hit") >= 5)
+    assert other_id in browser.find_element(By.ID, "nb-title").text
+    tiles[0].find_element(By.TAG_NAME, "img").click()  # back to the first segment's neighbours
+    _wait(browser, lambda d: query in d.find_element(By.ID, "nb-title").text
+          and _loaded_tiles(d, "#neighbours .hit") >= 5)
+    hits = browser.find_elements(By.CSS_SELECTOR, "#neighbours .hit")
+
+    # relevance feedback: like one hit, unlike another, refine: the library's answer, examples left out
+    liked, unliked = hits[1].get_attribute("data-id"), hits[2].get_attribute("data-id")
+    hits[1].find_element(By.CSS_SELECTOR, "button.like").click()
+    hits[2].find_element(By.CSS_SELECTOR, "button.unlike").click()
+    assert "liked" in hits[1].get_attribute("class") and "unliked" in hits[2].get_attribute("class")
+    browser.find_element(By.ID, "refine").click()
+    _wait(browser, lambda d: "refined (" in _status(d))
+    refined = [h.get_attribute("data-id") for h in browser.find_elements(By.CSS_SELECTOR, "#neighbours .hit")]
+    assert refined == [h.segment_id for h in search_by_examples(home, [query, liked], [unliked], k=12)]
+    assert not {query, liked, unliked} & set(refined)
+
     # tick two, type a (script-laden) label, assign: stored as a manual label, shown as text
     picked = [t.get_attribute("data-id") for t in tiles[1:3]]
     for t in tiles[1:3]:
@@ -100,6 +133,15 @@ def test_grid_neighbours_labels_and_cluster_names(site, browser, artifacts):
         By.CSS_SELECTOR, "#grid .tile") if t.get_attribute("data-id") in picked) == [shown, shown])
     assert browser.title == "samsearch"  # the onerror handler never ran
     assert not browser.find_elements(By.CSS_SELECTOR, "#grid img[src='x']")
+
+    # tick one of them again and clear its manual label
+    tile = next(t for t in browser.find_elements(By.CSS_SELECTOR, "#grid .tile")
+                if t.get_attribute("data-id") == picked[0])
+    tile.find_element(By.CSS_SELECTOR, "input.sel").click()
+    browser.find_element(By.ID, "unassign").click()
+    _wait(browser, lambda d: "cleared the manual label of 1" in _status(d))
+    stored = fetch_segments(home, picked)
+    assert (stored[picked[0]].label, stored[picked[1]].label) == (None, EVIL)
 
     # clusters view: name the first cluster
     browser.find_element(By.ID, "show-clusters").click()

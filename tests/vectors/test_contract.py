@@ -313,6 +313,52 @@ def test_search_batch_equals_individual_searches(filled):
             assert [h.payload for h in hits] == [h.payload for h in single]
 
 
+def _recommend_brute(x: np.ndarray, pos: list[int], neg: list[int], strategy: str) -> np.ndarray:
+    """Qdrant's recommend order, from numpy: best_score puts every point whose best positive similarity
+    beats its best negative one above the rest (those by their best positive, the rest by minus their
+    best negative); sum_scores is the sum over positives minus the sum over negatives."""
+    sp, sn = x @ x[pos].T, (x @ x[neg].T if neg else np.zeros((len(x), 0), np.float32))
+    if strategy == "sum_scores":
+        return sp.sum(1) - sn.sum(1)
+    bp = sp.max(1)
+    bn = sn.max(1) if neg else np.full(len(x), -np.inf)
+    return np.where(bp > bn, 2 + bp, -bn)  # 2 + ...: above every "negative wins" point
+
+
+@pytest.mark.parametrize("strategy", ["best_score", "sum_scores"])
+def test_recommend_matches_brute_force(filled, strategy):
+    store, ids, x, payloads = filled
+    pos, neg = [0, 7, 42], [3, 99]
+    want = _recommend_brute(x, pos, neg, strategy)
+    order = [i for i in np.argsort(-want, kind="stable") if i not in pos + neg]
+    hits = store.recommend(COLL, [ids[i] for i in pos], [ids[i] for i in neg], k=10, strategy=strategy)
+    assert [h.id for h in hits] == [ids[i] for i in order[:10]]
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert hits[0].payload == payloads[order[0]] or same_payload(hits[0].payload, payloads[order[0]])
+    # a filter applies, and the examples never come back even when they pass it
+    flt = Filter.of(Match("dataset", "a"))
+    ok = [i for i in order if payloads[i]["dataset"] == "a"]
+    got = store.recommend(COLL, [ids[i] for i in pos], [ids[i] for i in neg], k=5, flt=flt, strategy=strategy)
+    assert [h.id for h in got] == [ids[i] for i in ok[:5]]
+    everything = store.recommend(COLL, [ids[i] for i in pos], k=len(ids), strategy=strategy)
+    assert len(everything) == len(ids) - len(pos) and not {ids[i] for i in pos} & {h.id for h in everything}
+
+
+def test_recommend_refuses_bad_examples(filled):
+    store, ids, _, _ = filled
+    with pytest.raises(VectorStoreError, match="no point"):
+        store.recommend(COLL, [ids[0], str(uuid.uuid4())])
+    with pytest.raises(VectorStoreError, match="positive"):
+        store.recommend(COLL, [], [ids[0]])
+    with pytest.raises(VectorStoreError, match="both"):
+        store.recommend(COLL, [ids[0]], [ids[0]])
+    with pytest.raises(VectorStoreError, match="strategy"):
+        store.recommend(COLL, [ids[0]], strategy="average")
+    with pytest.raises(VectorStoreError, match="UUID"):
+        store.recommend(COLL, ["../etc"])
+    assert store.recommend(COLL, [ids[0]], k=0) == []
+
+
 def test_scroll_returns_every_point_once_in_id_order(filled):
     store, ids, x, payloads = filled
     batches = list(store.scroll(COLL, batch_size=64, with_vectors=True))
