@@ -71,7 +71,7 @@ def shapes(tmp_path_factory) -> object:
 def _isolated_env(monkeypatch, tmp_path):
     """Tests never touch the user's home or cache, whatever the environment says."""
     for var in ("SAMSEARCH_HOME", "SAMSEARCH_DATABASE_URL", "SAMSEARCH_QDRANT_URL", "SAMSEARCH_QDRANT_API_KEY",
-                "SAMSEARCH_FAULT"):
+                "SAMSEARCH_FAULT", "SAMSEARCH_INDEX_THRESHOLD"):
         monkeypatch.delenv(var, raising=False)
     for var in [v for v in os.environ if v.startswith("SAMSEARCH_QDRANT_")]:  # shards, on-disk, ... (issue 6)
         monkeypatch.delenv(var, raising=False)

@@ -265,8 +265,10 @@ class Ingestor:
 
 
 def report_line(message: str) -> None:
-    """A status line for a long step (the vector index build) on stderr, beside the progress bars."""
-    print(message, file=sys.stderr, flush=True)
+    """A status line for a long step (the vector index build) on stderr, above any open progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 def _sync(model: LoadedModel) -> None:

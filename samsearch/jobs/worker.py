@@ -82,6 +82,7 @@ class WorkerSummary:
     segments: int = 0
     seconds: float = 0.0
     stopped_by: str = ""  # drained | max-images | stop | error
+    index_builds: int = 0  # vector index builds run while the queue was empty (not counting the last one)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
 
@@ -109,6 +110,7 @@ class Worker:
         self._ingestors: dict[int, Ingestor] = {}
         self._errors: list[BaseException] = []
         self._bar: Any = None
+        self._wrote_since_build = False  # a batch was written since the last idle index build
 
     def stop(self) -> None:
         """Finish the image in hand, give the rest of the batch back, and return from :meth:`run`."""
@@ -151,11 +153,9 @@ class Worker:
         done_beating = threading.Event()
         self._done_beating = done_beating
         heartbeat.start()
-        # A run that ends (drain, max_images) builds the vector index once, at the end; one that waits for
-        # work forever keeps the store's incremental builds.
-        bounded = self.options.drain or self.options.max_images is not None
-        bulk = (self.home.vectors.bulk_load(SEGMENTS, report=report_line if self.progress else None)
-                if bounded else contextlib.nullcontext())
+        # No vector index builds while images flow (each would stall the worker): one when the queue runs
+        # dry (see _loop) and one when the run ends (drain, max_images, stop).
+        bulk = self.home.vectors.bulk_load(SEGMENTS, report=self._report)
         try:
             with bulk:
                 if len(self.owners) == 1:
@@ -198,6 +198,22 @@ class Worker:
                 self._errors.append(exc)
             self._stop.set()
 
+    def _report(self, line: str) -> None:
+        if self.progress:
+            report_line(line)
+
+    def _build_index_when_idle(self) -> None:
+        """The queue ran dry: index what this worker wrote since the last build, so search is at indexed
+        speed while it waits (the build runs in a child process on the embedded store; a claim loop that
+        gets work meanwhile waits for the store until it ends)."""
+        with self._lock:
+            if not self._wrote_since_build:
+                return
+            self._wrote_since_build = False
+        self.home.vectors.finish_index(SEGMENTS, report=self._report)
+        with self._lock:
+            self.summary.index_builds += 1
+
     def _budget(self) -> int:
         """How many images this loop may claim now (``max_images`` is shared by the loops)."""
         with self._lock:
@@ -222,9 +238,12 @@ class Worker:
                     if opts.drain and is_drained(self.home):
                         self.summary.stopped_by = "drained"
                         return
+                    self._build_index_when_idle()
                     self._stop.wait(min(opts.poll_seconds, opts.lease_seconds / 2))
                     continue
                 self._process_batch(owner, items, ingest_summary, timings)
+                with self._lock:
+                    self._wrote_since_build = True
             self.summary.stopped_by = self.summary.stopped_by or "stop"
         finally:
             with self._lock:

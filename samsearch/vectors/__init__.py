@@ -3,6 +3,7 @@ with one contract suite (tests/vectors/test_contract.py). May import ``samsearch
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,24 @@ def open_vector_store(
     if url is None:
         from samsearch.vectors.edge import EdgeVectorStore
 
-        return EdgeVectorStore(Path(root))
+        return EdgeVectorStore(Path(root), index_threshold=_index_threshold_from_env())
     from samsearch.vectors.server import QdrantSettings, ServerVectorStore
 
     if url == ":memory:":
         return ServerVectorStore(location=":memory:")
     return ServerVectorStore(url, settings=settings or QdrantSettings.from_env(api_key=api_key))
+
+
+def _index_threshold_from_env() -> int:
+    """``SAMSEARCH_INDEX_THRESHOLD``: points from which the embedded store builds an HNSW index (default
+    20000; smaller collections are searched by a scan, which is fast at that size; 0 = never)."""
+    raw = os.environ.get("SAMSEARCH_INDEX_THRESHOLD", "").strip()
+    if not raw:
+        return 20_000
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise VectorStoreError(f"SAMSEARCH_INDEX_THRESHOLD={raw!r}: expected a whole number of points >= 0")
+    return value

@@ -187,6 +187,13 @@ class VectorStore(Protocol):
         when the outermost block ends normally, the index covers everything written (``report`` gets a line
         at the start and end of a build that takes time). A no-op where the store indexes by itself."""
 
+    def finish_index(self, name: str, report: Callable[[str], None] | None = None) -> None:
+        """Index everything written to ``name`` so far, as the end of ``bulk_load`` does, even inside an
+        open block (a worker whose queue ran dry). A no-op where the store indexes by itself."""
+
+    def index_status(self, name: str) -> tuple[int, int]:
+        """(points, points in the vector index) of ``name``: points outside it are scanned by search."""
+
     def count(self, name: str, flt: Filter | None = None) -> int: ...
 
     def close(self) -> None: ...

@@ -588,6 +588,16 @@ class ServerVectorStore:
         it (upserts wait for the WAL and apply, not for indexing)."""
         yield
 
+    def finish_index(self, name: str, report: Callable[[str], None] | None = None) -> None:
+        """Nothing to do: the server's optimizer indexes in the background; nothing here waits for it."""
+
+    def index_status(self, name: str) -> tuple[int, int]:
+        with self._lock, self._errors("info", name):
+            info = self._client.get_collection(name)
+        points = int(info.points_count or 0)
+        # Local mode (":memory:") has no index and reports none: every point is scanned.
+        return points, int(info.indexed_vectors_count or 0)
+
     def count(self, name: str, flt: Filter | None = None) -> int:
         with self._lock, self._errors("count", name):
             return int(self._client.count(name, count_filter=to_qdrant_filter(flt), exact=True).count)

@@ -60,6 +60,37 @@ def test_ingest_then_stats_json(tmp_path, shapes):
         f"ingested 0 images (0 segments), skipped {len(shapes.images)} already stored, failed 0, in ")
 
 
+def test_ingest_and_worker_drain_say_they_build_the_index_and_leave_it_complete(tmp_path, shapes, monkeypatch):
+    """Without --quiet, ingest and worker --drain print the closing index build on stderr (it runs in a
+    child process) and return with every vector indexed: search is at indexed speed at once."""
+    from samsearch.home import SEGMENTS, Home
+
+    monkeypatch.setenv("SAMSEARCH_INDEX_THRESHOLD", "8")  # the shapes have a few dozen segments
+    n = len(shapes.objects)
+    result = runner.invoke(app, [a for a in _ingest_args(tmp_path / "h", shapes) if a != "--quiet"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if "vector index" in line]
+    assert lines[0] == f"building the vector index of 'segments' ({n:,} new of ~{n:,} points; in a child process)"
+    assert lines[-1].startswith("built the vector index of 'segments' in ")
+    assert lines[-1].endswith(f" s ({n:,} of {n:,} points indexed)")
+    with Home(tmp_path / "h") as h:
+        assert h.vectors.index_status(SEGMENTS) == (n, n)
+        assert h.vectors.search(SEGMENTS, h.vectors.retrieve(SEGMENTS, [next(
+            r.id for b in h.vectors.scroll(SEGMENTS) for r in b)], with_vectors=True)[0].vector, k=3)
+
+    home = ["--home", str(tmp_path / "q")]
+    queued = runner.invoke(app, [*home, "ingest", str(shapes.root), "--enqueue", "--model", "tiny-random",
+                                 "--prompts", "masks", "--annotations", str(shapes.annotations_path), "--quiet"])
+    assert queued.exit_code == 0, queued.output
+    result = runner.invoke(app, [*home, "worker", "--drain", "--poll", "0.1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if "vector index" in line]
+    assert lines[0] == f"building the vector index of 'segments' ({n:,} new of ~{n:,} points; in a child process)"
+    assert lines[-1].endswith(f" s ({n:,} of {n:,} points indexed)")
+    with Home(tmp_path / "q") as h:
+        assert h.vectors.index_status(SEGMENTS) == (n, n)
+
+
 def test_partial_failure_exit_code_and_message(tmp_path, shapes):
     folder = tmp_path / "in"
     folder.mkdir()

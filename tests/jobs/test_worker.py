@@ -3,6 +3,7 @@ injected vector-store failure; and the lease fences that keep a worker whose lea
 writing or marking anything."""
 
 import json
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -150,3 +151,31 @@ def test_claim_fails_a_pending_image_already_tried_max_attempts_times(home, tmp_
     with home.db.session() as s:
         (img,) = s.scalars(select(Image))
         assert (img.status, img.attempts) == ("failed", 7) and img.error.startswith("abandoned after 3 attempts")
+
+
+def test_a_waiting_worker_builds_the_index_when_the_queue_runs_dry(tmp_path, tiny_model, shapes, monkeypatch):
+    """A worker without --drain writes with no index builds, and builds once when its queue is empty (not
+    again while it stays empty): while it waits, every vector is indexed."""
+    from samsearch.jobs.worker import Worker, WorkerOptions
+
+    monkeypatch.setenv("SAMSEARCH_INDEX_THRESHOLD", "8")
+    home = Home(tmp_path / "h")
+    images = shapes.images[:8]
+    enqueue(home, [im.path for im in images], "tiny-random", ingest_options(shapes.annotations_path))
+    n = sum(len(im.objects) for im in images)
+    worker = Worker(home, WorkerOptions(batch=4, poll_seconds=0.05, lease_seconds=30), model=tiny_model)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while worker.summary.index_builds == 0 and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.summary.index_builds == 1
+        assert home.vectors.index_status(SEGMENTS) == (n, n)
+        time.sleep(0.5)  # ~10 more empty polls: nothing new was written, so no more builds
+        assert worker.summary.index_builds == 1
+    finally:
+        worker.stop()
+        thread.join(60)
+    assert worker.summary.images_ingested == len(images) and worker.summary.stopped_by == "stop"
+    home.close()
