@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "samsearch"
 LAYERS: dict[str, int] = {
     "errors": 0, "identity": 0, "faults": 0,
     "data": 1,
-    "sam": 2,
+    "sam": 2, "spaces": 2,
     "db": 3, "vectors": 3,
     "home": 4,
     "ingest": 5,

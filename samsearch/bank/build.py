@@ -18,7 +18,7 @@ from samsearch.bank.store import BankInfo, create_bank, validate_bank_name
 from samsearch.db import Bank
 from samsearch.db.runs import recorded_run
 from samsearch.errors import InputError
-from samsearch.home import Home
+from samsearch.home import SAM_SPACE, Home
 
 if TYPE_CHECKING:
     from samsearch.data.datasets import LabeledDataset
@@ -38,6 +38,8 @@ class BankBuildOptions:
     replace: bool = False
     box_batch: int = 64
     max_pixels: int = 200_000_000
+    space: str = SAM_SPACE  # the embedding space the bank lives in (another than sam: samsearch.spaces)
+    weights: Path | None = None  # local weights of ``space`` (``--weights DIR``)
 
 
 @dataclass
@@ -68,10 +70,12 @@ class BankBuildSummary:
         return d
 
 
-def build_bank(home: Home, model: LoadedModel, dataset: LabeledDataset, options: BankBuildOptions,
+def build_bank(home: Home, model: LoadedModel | None, dataset: LabeledDataset, options: BankBuildOptions,
                progress: bool = True) -> BankBuildSummary:
     """Embed every selected labeled instance of ``dataset`` as ingest embeds a segment (one encoder pass
     per image; SAM prompted with the box, or the annotation's mask as given), then :func:`create_bank`.
+    With ``options.space`` other than ``sam`` the masks (SAM's from the boxes, or the annotations' own, which
+    need no SAM: ``model`` may then be None) are pooled in that space's backbone instead.
     Images that fail (unreadable, size differs from the annotations, malformed geometry) are counted with
     the reason; the build goes on."""
     import torch
@@ -80,7 +84,7 @@ def build_bank(home: Home, model: LoadedModel, dataset: LabeledDataset, options:
     from samsearch.data.imageio import ImageLoadError, decode_image, read_bytes_and_hash
     from samsearch.sam.encoder import encode_image
     from samsearch.sam.pooling import embedding_space
-    from samsearch.sam.segment import segment
+    from samsearch.sam.segment import Segments, segment
 
     validate_bank_name(options.name)
     if options.prompts not in ("boxes", "masks"):
@@ -97,7 +101,17 @@ def build_bank(home: Home, model: LoadedModel, dataset: LabeledDataset, options:
     if options.prompts == "masks" and not dataset.has_masks:
         raise InputError(f"{dataset.source}: no annotation carries a mask ({dataset.format} boxes only); "
                          "--prompts masks needs polygons or RLE: use --prompts boxes")
-    home.claim_embedding_space(embedding_space(model.ref))  # refuses a model other than the home's
+    space_model = None
+    if model is None and (options.space == SAM_SPACE or options.prompts == "boxes"):
+        raise InputError("a SAM model is needed for --prompts boxes or the sam space (--model)")
+    if options.space == SAM_SPACE:
+        home.claim_embedding_space(embedding_space(model.ref))  # refuses a model other than the home's
+    else:
+        from samsearch.spaces.dinov2 import load_space
+
+        space_model = load_space(options.space, options.weights,
+                                 None if model is None else str(model.device))
+        home.claim_space(options.space, space_model.space)  # refuses other weights than the space's
 
     selected, summary_without_mask = _select(dataset, options)
     with recorded_run(home.db, "bank", _run_settings(dataset, options, model)) as run:
@@ -122,9 +136,18 @@ def build_bank(home: Home, model: LoadedModel, dataset: LabeledDataset, options:
                 if rgb.shape[:2] != (entry.height, entry.width):
                     raise ValueError(f"size {rgb.shape[1]}x{rgb.shape[0]} differs from the annotations' "
                                      f"{entry.width}x{entry.height} in {dataset.source}")
-                enc = encode_image(model.sam, rgb)
-                seg = segment(model.sam, enc, options.prompts, anns, box_batch=options.box_batch)
-                vectors, valid = seg.pool(enc)
+                if options.prompts == "masks" and space_model is not None:
+                    seg = Segments.from_annotation_masks(sorted(anns, key=lambda a: a.id), *rgb.shape[:2])
+                    enc = None
+                else:
+                    enc = encode_image(model.sam, rgb)
+                    seg = segment(model.sam, enc, options.prompts, anns, box_batch=options.box_batch)
+                if space_model is not None:
+                    from samsearch.spaces.dinov2 import embed_segments
+
+                    vectors, valid = embed_segments(space_model, rgb, seg.masks)
+                else:
+                    vectors, valid = seg.pool(enc)
             except ImageLoadError as exc:
                 summary.images_failed += 1
                 summary.failures.append(BuildFailure(str(image.path), exc.reason))
@@ -149,12 +172,12 @@ def build_bank(home: Home, model: LoadedModel, dataset: LabeledDataset, options:
             "built_from": {"format": dataset.format, "annotations": str(dataset.source),
                            "images": str(dataset.images_dir)},
             "prompts": options.prompts, "max_per_class": options.max_per_class,
-            "classes": list(options.classes) if options.classes else None, "model": model.name,
-            "run_id": run.id,
+            "classes": list(options.classes) if options.classes else None,
+            "model": model.name if model is not None else None, "run_id": run.id,
         }
         summary.bank = create_bank(home, options.name, {k: np.stack(v) for k, v in instances.items()},
                                    per_class=options.per_class, settings=settings, sources=sources,
-                                   seed=options.seed, replace=options.replace)
+                                   seed=options.seed, replace=options.replace, space_name=options.space)
     return summary
 
 
@@ -191,12 +214,14 @@ def _select(dataset: LabeledDataset, options: BankBuildOptions):
     return selected, without_mask
 
 
-def _run_settings(dataset: LabeledDataset, options: BankBuildOptions, model: LoadedModel) -> dict[str, Any]:
+def _run_settings(dataset: LabeledDataset, options: BankBuildOptions,
+                  model: LoadedModel | None) -> dict[str, Any]:
     return {
         "name": options.name, "format": dataset.format, "annotations": str(dataset.source),
         "images": str(Path(dataset.images_dir)), "per_class": options.per_class, "prompts": options.prompts,
         "max_per_class": options.max_per_class, "classes": list(options.classes or []) or None,
-        "seed": options.seed, "model": model.name, "model_key": model.key,
+        "seed": options.seed, "model": model.name if model is not None else None,
+        "model_key": model.key if model is not None else None, "space": options.space,
     }
 
 
@@ -205,8 +230,9 @@ def create_bank_from_clusters(home: Home, run: str, name: str, per_class: int = 
     """A bank whose classes are the named clusters of clustering run ``run`` (``samsearch cluster name``):
     each class's instances are its members' stored vectors, so no SAM runs. Closes the loop between
     discovering classes by clustering and labeling the corpus with them."""
-    from samsearch.cluster.naming import cluster_instances
+    from samsearch.cluster.naming import cluster_instances, cluster_run_space
 
     instances = cluster_instances(home, run)
     return create_bank(home, name, instances, per_class=per_class, seed=seed, replace=replace,
-                       settings={"from_clusters": run, "per_class": per_class, "seed": seed})
+                       settings={"from_clusters": run, "per_class": per_class, "seed": seed},
+                       space_name=cluster_run_space(home, run))

@@ -43,12 +43,12 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Column, Connection, Float, MetaData, String, Table, select, text, update
 
-from samsearch.bank.store import UNKNOWN, get_bank, load_centroids
+from samsearch.bank.store import UNKNOWN, bank_space, get_bank, load_centroids
 from samsearch.db import Segment
 from samsearch.db.runs import recorded_run
 from samsearch.errors import InputError
 from samsearch.faults import fault_point
-from samsearch.home import SEGMENTS, Home
+from samsearch.home import Home, space_collection
 from samsearch.vectors import Filter, IsNull, Match
 
 PAYLOAD_SCORE_DECIMALS = 2
@@ -122,6 +122,7 @@ class LabelOptions:
     overwrite_manual: bool = False
     batch_size: int = 16384  # vectors per scroll page (memory: batch_size × dim × 4 bytes, plus scores)
     write_every: int | None = None  # payload writes are grouped over this many segments [8 × batch_size]
+    space: str | None = None  # None: the bank's space; another one is refused (a bank labels its own space)
 
     @property
     def payload_group(self) -> int:
@@ -166,9 +167,15 @@ def label_segments(home: Home, options: LabelOptions, progress: bool = True,
     from tqdm import tqdm
 
     _validate(options)
-    get_bank(home, options.bank)  # NotFoundError with the list of banks
-    if not home.vectors.has_collection(SEGMENTS):
-        raise InputError(f"{home.root}: no segments stored yet (run `samsearch ingest` first)")
+    space = bank_space(get_bank(home, options.bank))  # NotFoundError with the list of banks
+    if options.space is not None and options.space != space:
+        raise InputError(f"bank {options.bank!r} lives in space {space!r}, not {options.space!r}: a bank labels "
+                         "segments of its own space only (build a bank with `bank build --space "
+                         f"{options.space}`)")
+    coll = space_collection(space)
+    if not home.vectors.has_collection(coll):
+        raise InputError(f"{home.root}: no segments stored in space {space!r} yet (run `samsearch ingest`"
+                         f"{'' if coll == space_collection('sam') else f', then `samsearch embed --space {space}`'})")
     cents = load_centroids(home, options.bank)
     clf = Classifier.from_labels(cents.labels, cents.vectors)
     names = np.array([*clf.classes, UNKNOWN], dtype=object)  # index -1 → unknown
@@ -177,17 +184,17 @@ def label_segments(home: Home, options: LabelOptions, progress: bool = True,
     with recorded_run(home.db, "label", _run_settings(options)) as run:
         summary = LabelSummary(run_id=run.id, bank=options.bank)
         run.counts = summary.as_dict
-        summary.selected = home.vectors.count(SEGMENTS, flt)
+        summary.selected = home.vectors.count(coll, flt)
         base = [Match("dataset", options.dataset)] if options.dataset else []
         if not options.relabel and not options.overwrite_manual:
-            summary.left_labeled = home.vectors.count(SEGMENTS, Filter.of(
+            summary.left_labeled = home.vectors.count(coll, Filter.of(
                 *base, must_not=[IsNull("label"), Match("label_source", MANUAL)]))
         if not options.overwrite_manual:
-            summary.kept_manual = home.vectors.count(SEGMENTS, Filter.of(*base, Match("label_source", MANUAL)))
+            summary.kept_manual = home.vectors.count(coll, Filter.of(*base, Match("label_source", MANUAL)))
 
         stage = dict.fromkeys(("read", "classify", "sql_wait", "payload"), 0.0)
         counts: Counter[str] = Counter()
-        pending = _PendingPayloads(options.bank)
+        pending = _PendingPayloads(options.bank, space)
         started = time.perf_counter()
         # SQL runs on one worker thread, overlapping the store reads and payload writes (SQLite and psycopg
         # release the GIL while a statement runs); a batch's payload is written only after its SQL committed.
@@ -205,7 +212,7 @@ def label_segments(home: Home, options: LabelOptions, progress: bool = True,
             with home.vectors.deferred_flush(), tqdm(total=summary.selected, desc="label", unit="seg",
                                                      disable=not progress) as bar:
                 t0 = time.perf_counter()
-                for batch in home.vectors.scroll_vectors(SEGMENTS, flt, options.batch_size):
+                for batch in home.vectors.scroll_vectors(coll, flt, options.batch_size):
                     ids, x = batch.ids, batch.vectors
                     t1 = time.perf_counter()
                     stage["read"] += t1 - t0
@@ -256,8 +263,9 @@ def _validate(options: LabelOptions) -> None:
 class _PendingPayloads:
     """Segment ids waiting for their payload, written grouped by (label, rounded score)."""
 
-    def __init__(self, bank: str) -> None:
+    def __init__(self, bank: str, space: str) -> None:
         self.bank = bank
+        self.space = space  # its collection is written last: a crash before leaves the batch selected
         self.ids: list[np.ndarray] = []
         self.keys: list[np.ndarray] = []
         self.n = 0
@@ -283,7 +291,7 @@ class _PendingPayloads:
             cls, q = divmod(int(key), 2 * scale + 1)
             payload = {"label": str(names[cls - 1]), "label_score": round((q - scale) / scale, PAYLOAD_SCORE_DECIMALS),
                        "label_source": "bank", "bank": self.bank}
-            home.vectors.set_payload(SEGMENTS, chunk.tolist(), payload)
+            home.set_segment_payload(chunk.tolist(), payload, last=self.space)
         self.ids, self.keys, self.n = [], [], 0
 
 
@@ -345,7 +353,7 @@ def _run_settings(options: LabelOptions) -> dict[str, Any]:
     return {
         "bank": options.bank, "dataset": options.dataset, "min_score": options.min_score,
         "margin": options.margin, "k": options.k, "relabel": options.relabel,
-        "overwrite_manual": options.overwrite_manual,
+        "overwrite_manual": options.overwrite_manual, "space": options.space,
     }
 
 
@@ -361,8 +369,7 @@ def set_manual_labels(home: Home, segment_ids: Sequence[str], label: str) -> int
     with home.db.session() as s:
         n = s.execute(update(Segment).where(Segment.id.in_(ids)).values(
             label=label, label_score=None, label_source=MANUAL, label_bank=None)).rowcount
-    home.vectors.set_payload(SEGMENTS, ids, {"label": label, "label_score": None, "label_source": MANUAL,
-                                             "bank": None})
+    home.set_segment_payload(ids, {"label": label, "label_score": None, "label_source": MANUAL, "bank": None})
     return int(n)
 
 
@@ -380,6 +387,5 @@ def clear_manual_labels(home: Home, segment_ids: Sequence[str]) -> int:
         if cleared:
             s.execute(update(Segment).where(Segment.id.in_(cleared)).values(
                 label=None, label_score=None, label_source=None, label_bank=None))
-    home.vectors.set_payload(SEGMENTS, cleared, {"label": None, "label_score": None, "label_source": None,
-                                                 "bank": None})
+    home.set_segment_payload(cleared, {"label": None, "label_score": None, "label_source": None, "bank": None})
     return len(cleared)

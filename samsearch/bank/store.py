@@ -44,7 +44,7 @@ from sqlalchemy import delete, insert, select
 
 from samsearch.db import Bank, BankClass, BankVector
 from samsearch.errors import InputError, NotFoundError, SamsearchError
-from samsearch.home import Home
+from samsearch.home import SAM_SPACE, Home
 from samsearch.identity import EmbeddingSpace
 from samsearch.vectors import Filter, Match
 
@@ -73,6 +73,11 @@ def validate_bank_name(name: str) -> str:
             f"invalid bank name {name!r}: use 1-100 letters, digits, '_', '-' or '.', starting with a letter or digit"
         )
     return name
+
+
+def bank_space(info: BankInfo) -> str:
+    """The embedding space a bank lives in (``sam`` for banks made before spaces existed)."""
+    return str(info.settings.get("space") or SAM_SPACE)
 
 
 def to_bytes(v: np.ndarray) -> bytes:
@@ -159,18 +164,19 @@ def create_bank(
     sources: Mapping[str, list[dict[str, Any]]] | None = None,
     seed: int = 0,
     replace: bool = False,
+    space_name: str = SAM_SPACE,
 ) -> BankInfo:
     """Store a bank made from precomputed instance vectors: ``instances[label]`` is an ``(n, dim)`` array in
-    the home's embedding space (rows are L2-normalised here). ``sources[label]`` (optional) gives one JSON
-    dict per row, saying where the instance came from. ``replace`` overwrites a bank of the same name
+    the home's embedding space ``space_name`` (rows are L2-normalised here). ``sources[label]`` (optional)
+    gives one JSON dict per row, saying where the instance came from. ``replace`` overwrites a bank of the same name
     (otherwise that is an error). Returns the stored bank's summary."""
     validate_bank_name(name)
     if per_class < 1:
         raise InputError(f"--per-class must be at least 1, got {per_class}")
-    space = home.embedding_space()
+    space = home.spaces().get(space_name)
     if space is None:
-        raise InputError(f"{home.root}: the home holds no vectors yet, so it has no embedding space for a bank "
-                         "(ingest images or build the bank from a dataset with --model first)")
+        raise InputError(f"{home.root}: the home holds no vectors in space {space_name!r} yet, so it has no "
+                         "embedding space for a bank (ingest images or build the bank from a dataset first)")
     rows = _checked_instances(instances, sources, space.dim)
 
     with home.db.session() as s:
@@ -195,6 +201,8 @@ def create_bank(
                         [{"label": r[0], "bank": name} for r in centroid_rows])
 
     settings = {**(settings or {}), "per_class": per_class, "seed": seed, "embedding_space": space.as_dict()}
+    if space_name != SAM_SPACE:
+        settings["space"] = space_name  # banks without it live in ``sam`` (bank_space)
     with home.db.session() as s:
         if replace:
             s.execute(delete(Bank).where(Bank.name == name))
@@ -316,12 +324,14 @@ def load_centroids(home: Home, name: str, label: str | None = None) -> BankVecto
     home's embedding space and that its collection holds exactly the centroids SQL lists (else
     :class:`BankIncompleteError`). Labeling and ``search --label --bank`` both read a bank through here."""
     info = get_bank(home, name)
-    space = home.embedding_space()
+    space_name = bank_space(info)
+    space = home.spaces().get(space_name)
     recorded = info.settings.get("embedding_space")
     if space is None or recorded != space.as_dict():
         made = EmbeddingSpace.from_dict(recorded).describe() if recorded else "an unknown model"
         here = space.describe() if space else "no vectors"
-        raise InputError(f"bank {name!r} was made with {made}, but this home holds {here}; "
+        where = "this home" if space_name == SAM_SPACE else f"this home's space {space_name!r}"
+        raise InputError(f"bank {name!r} was made with {made}, but {where} holds {here}; "
                          "rebuild the bank with the home's model")
     cents = load_bank_vectors(home, name, "centroid")
     coll = bank_collection(name)
@@ -354,10 +364,11 @@ def rebuild_bank(home: Home, name: str, per_class: int, new_name: str | None = N
     for label, v, src in zip(inst.labels, inst.vectors, inst.sources, strict=True):
         instances[label].append(v)
         sources[label].append(src or {})
-    settings = {k: v for k, v in info.settings.items() if k not in ("per_class", "seed", "embedding_space")}
+    settings = {k: v for k, v in info.settings.items()
+                if k not in ("per_class", "seed", "embedding_space", "space")}
     settings["rebuilt_from"] = name
     return create_bank(
         home, new_name or name, {k: np.stack(v) for k, v in instances.items()}, per_class=per_class,
         settings=settings, sources=sources, seed=info.settings.get("seed", 0) if seed is None else seed,
-        replace=new_name is None,
+        replace=new_name is None, space_name=bank_space(info),
     )

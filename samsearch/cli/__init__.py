@@ -13,6 +13,7 @@ from samsearch.cli import (  # noqa: F401  (registers commands)
     db_cmd,
     demo_cmd,
     doctor_cmd,
+    embed_cmd,
     eval_cmd,
     export_cmd,
     export_coco_cmd,

@@ -46,6 +46,9 @@ def build(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, ..."),
     seed: int = typer.Option(0, "--seed", help="Seed of KMeans and of --max-per-class sampling."),
     replace: bool = typer.Option(False, "--replace", help="Overwrite an existing bank of that name."),
+    space: str = typer.Option("sam", "--space", help="The embedding space the bank lives in: sam, or one added "
+                                                     "with `samsearch embed` (e.g. dinov2-b); `label` then uses it."),
+    weights: Path = typer.Option(None, "--weights", help="Local copy of the --space weights (not for sam)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -70,9 +73,11 @@ def build(
 
     wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     dataset = read_dataset(annotations, images, fmt)
-    loaded = load_model(model, checkpoint=checkpoint, device=device, progress=not quiet)
+    # Another space with the annotations' own masks needs no SAM at all.
+    needs_sam = space == "sam" or prompts == "boxes"
+    loaded = load_model(model, checkpoint=checkpoint, device=device, progress=not quiet) if needs_sam else None
     options = BankBuildOptions(name=name, per_class=per_class, prompts=prompts, max_per_class=max_per_class,
-                               classes=wanted, seed=seed, replace=replace)
+                               classes=wanted, seed=seed, replace=replace, space=space, weights=weights)
     with cli_home(ctx) as home:
         summary = build_bank(home, loaded, dataset, options, progress=not quiet)
     if as_json:

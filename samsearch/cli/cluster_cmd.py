@@ -68,6 +68,8 @@ def cluster(
     name: str = typer.Option(None, "--name", help="Run name [default: <algorithm>-<settings hash>]."),
     current: bool = typer.Option(True, "--current/--no-current",
                                  help="Make this run the current one (segments' cluster field and payload)."),
+    space: str = typer.Option("sam", "--space", help="Cluster the vectors of this embedding space (sam, or one "
+                                                     "added with `samsearch embed`)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -78,7 +80,7 @@ def cluster(
     options = ClusterOptions(
         algorithm=algorithm, n_clusters=n_clusters, eps=eps, min_samples=min_samples,
         min_cluster_size=min_cluster_size, dataset=dataset, label=label, unlabeled=unlabeled, sample=sample,
-        pca=pca, seed=seed, name=name, make_current=current,
+        pca=pca, seed=seed, name=name, make_current=current, space=space,
     )
     options.validate()  # before opening the home: bad options never touch it
     with cli_home(ctx) as home:

@@ -60,6 +60,12 @@ def doctor(
         for line in r.mismatch_examples if not fixed.get("payloads_rewritten") else []:
             typer.echo(f"  e.g. {line}")
         typer.echo(f"model:             {'; '.join(r.model_problems) if r.model_problems else 'consistent'}")
+        for name, sp in r.spaces.items():
+            fixed_sp = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sp["repaired"].items())
+            typer.echo(f"space {name}: {sp['vectors']} vectors, {sp['missing']} missing, {sp['orphans']} orphans, "
+                       f"{sp['images_pending']} images not embedded yet" + (f"; {fixed_sp}" if fixed_sp else ""))
+        for line in r.space_problems:
+            typer.echo(f"space problem: {line}", err=True)
         for line in r.not_repaired:
             typer.echo(f"not repaired: {line}", err=True)
         if r.problems and not repair:

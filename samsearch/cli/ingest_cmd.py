@@ -6,6 +6,7 @@ from typing import Literal
 import typer
 
 from samsearch.cli.app import EXIT_PARTIAL, app, cli_home, echo_json, handle_errors
+from samsearch.errors import InputError
 
 
 @app.command("ingest")
@@ -53,6 +54,9 @@ def ingest(
     enqueue: bool = typer.Option(False, "--enqueue",
                                  help="Only record the images as pending work (hashed, not decoded; no model "
                                       "is loaded) for `samsearch worker` processes to take."),
+    spaces: str = typer.Option("sam", "--spaces", metavar="sam[,SPACE...]",
+                               help="Embedding spaces to write, comma-separated: sam (always) plus e.g. dinov2-b "
+                                    "(one backbone pass per image, same masks); see `samsearch embed`."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -78,13 +82,27 @@ def ingest(
                                    fused_attention=fused_attention, encoder_batch=encoder_batch,
                                    decoder_group=decoder_group, loaders=loaders, pipeline=not sequential),
     )
+    extra = [n.strip() for n in spaces.split(",") if n.strip() and n.strip() != "sam"]
+    if "sam" not in [n.strip() for n in spaces.split(",")]:
+        raise InputError("--spaces must include sam (ingest always writes SAM's vectors); e.g. sam,dinov2-b")
     if enqueue:
+        if extra:
+            raise InputError("--enqueue writes the sam space only; add the others with `samsearch embed --space`")
         _enqueue(ctx, paths, model, options, checkpoint, as_json, quiet)
         return
     options.execution.validate(select_device(device))  # before any download
+    from samsearch.spaces.dinov2 import load_space
+
     loaded = load_model(model, checkpoint=checkpoint, device=device, progress=not quiet)
+    space_models = [load_space(name, device=str(loaded.device)) for name in extra]
     with cli_home(ctx) as home:
-        summary = Ingestor(home, loaded, options).run(paths, progress=not quiet)
+        summary = Ingestor(home, loaded, options, space_models).run(paths, progress=not quiet)
+        if space_models:  # images stored before without a space (skipped above) get it now
+            from samsearch.ingest.embed import EmbedOptions, embed_space
+
+            for sm in space_models:
+                embed_space(home, EmbedOptions(space=sm.spec.name, dataset=dataset), progress=not quiet,
+                            space_model=sm)
     if as_json:
         echo_json(summary.as_dict())
     else:

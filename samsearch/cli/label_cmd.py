@@ -25,6 +25,8 @@ def label(
     batch_size: int = typer.Option(16384, "--batch-size", min=1,
                                    help="Vectors read and classified at a time (memory ~ N × dim × 4 bytes); "
                                         "payloads are written every 8 batches."),
+    space: str = typer.Option(None, "--space", help="The embedding space to label in [default: the bank's]; "
+                                                    "another than the bank's is an error."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -37,7 +39,7 @@ def label(
     from samsearch.bank.classify import LabelOptions, label_segments
 
     options = LabelOptions(bank=bank, dataset=dataset, min_score=min_score, margin=margin, k=k, relabel=relabel,
-                           overwrite_manual=overwrite_manual, batch_size=batch_size)
+                           overwrite_manual=overwrite_manual, batch_size=batch_size, space=space)
     with cli_home(ctx) as home:
         summary = label_segments(home, options, progress=not quiet)
     if as_json:

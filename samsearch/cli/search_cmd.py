@@ -136,6 +136,12 @@ def search(
     gallery: Path = typer.Option(None, "--gallery", metavar="OUT.html",
                                  help="Also write OUT.html: the query and each hit as a picture "
                                       "(self-contained, opens from disk)."),
+    space_weights: Path = typer.Option(None, "--space-weights", metavar="DIR",
+                                       help="Image queries in a --space other than sam: a local copy of its "
+                                            "weights [default: the cached official ones]."),
+    space: str = typer.Option(None, "--space", metavar="NAME",
+                              help="Embedding space to compare in: sam, or one added with `samsearch embed` "
+                                   "(e.g. dinov2-b) [default: sam; a --bank query: the bank's]."),
     as_json: bool = typer.Option(False, "--json",
                                  help="Print the results as JSON (schema samsearch.search/v1, see README)."),
 ) -> None:
@@ -164,11 +170,12 @@ def search(
         }
     with cli_home(ctx) as home:
         if kind == "segment":
-            results = search_by_segment(home, segment, **common)
+            results = search_by_segment(home, segment, **common, space=space or "sam")
         elif kind == "image":
-            results = search_by_image(home, image, **prompt, checkpoint=checkpoint, device=device, **common)
+            results = search_by_image(home, image, **prompt, checkpoint=checkpoint, device=device, **common,
+                                      space=space or "sam", space_weights=space_weights)
         else:
-            results = search_by_label(home, label, bank, **common)
+            results = search_by_label(home, label, bank, **common, space=space)
     if gallery is not None:
         _gallery(results, gallery)
     if as_json:

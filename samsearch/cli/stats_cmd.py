@@ -24,6 +24,9 @@ def stats(
     typer.echo(f"database:  {data['database']}")
     typer.echo(f"vectors:   {data['vector_store']} ({data['vectors']} stored)")
     typer.echo(f"model:     {space['model'] + ' / ' + space['recipe'] if space else '-'}")
+    if len(data["spaces"]) > 1:
+        for name, sp in data["spaces"].items():
+            typer.echo(f"space:     {name}: {sp['vectors']} vectors ({sp['model']}, {sp['dim']}-d)")
     typer.echo(f"images:    {data['images']} ({data['failed_images']} failed)")
     typer.echo(f"segments:  {data['segments']}")
     if data["datasets"]:

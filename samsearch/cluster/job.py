@@ -46,7 +46,7 @@ from samsearch.cluster.writeback import MISSING, clustered_payloads, make_curren
 from samsearch.db import ClusterRun, SegmentCluster
 from samsearch.db.runs import recorded_run
 from samsearch.errors import InputError, NotFoundError
-from samsearch.home import SEGMENTS, Home
+from samsearch.home import SAM_SPACE, Home, space_collection
 from samsearch.vectors import Filter, IsNull, Match
 
 ALGORITHMS: tuple[str, ...] = ("kmeans", "minibatch-kmeans", "dbscan", "hdbscan")
@@ -77,6 +77,7 @@ class ClusterOptions:
     name: str | None = None
     make_current: bool = True
     read_batch: int = 4096
+    space: str = SAM_SPACE  # the embedding space whose vectors are clustered
 
     def validate(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -112,6 +113,8 @@ class ClusterOptions:
                           min_samples=self.min_samples)
         params.update(dataset=self.dataset, label=self.label, unlabeled=self.unlabeled, sample=self.sample,
                       pca=self.pca, seed=self.seed)
+        if self.space != SAM_SPACE:  # runs in ``sam`` keep the names and settings they had before spaces
+            params["space"] = self.space
         return params
 
     def run_name(self) -> str:
@@ -172,19 +175,25 @@ class Selection:
 # -- reading -----------------------------------------------------------------------------------------
 
 
-def read_vectors(home: Home, flt: Filter | None, batch: int = 4096, progress: bool = False) -> Selection:
-    """Stream the matching vectors out of the store (the filter runs in the store) into one matrix."""
+def read_vectors(home: Home, flt: Filter | None, batch: int = 4096, progress: bool = False,
+                 space_name: str = SAM_SPACE) -> Selection:
+    """Stream the matching vectors of space ``space_name`` out of the store (the filter runs in the store)
+    into one matrix."""
     from tqdm import tqdm
 
-    space = home.embedding_space()
-    if space is None or not home.vectors.has_collection(SEGMENTS):
-        raise InputError(f"{home.root}: no segments to cluster (run `samsearch ingest` first)")
-    total = home.vectors.count(SEGMENTS, flt)
+    coll = space_collection(space_name)
+    if space_name == SAM_SPACE:
+        space = home.embedding_space()
+        if space is None or not home.vectors.has_collection(coll):
+            raise InputError(f"{home.root}: no segments to cluster (run `samsearch ingest` first)")
+    else:
+        space = home.space(space_name)  # NotFoundError naming the spaces the home has
+    total = home.vectors.count(coll, flt)
     x = np.empty((total, space.dim), dtype=np.float32)
     old = np.full(total, MISSING, dtype=np.int64)
     ids: list[str] = []
     with tqdm(total=total, desc="read vectors", unit="vec", disable=not progress) as bar:
-        for b in home.vectors.scroll_vectors(SEGMENTS, flt, batch_size=batch, payload_fields=("cluster",)):
+        for b in home.vectors.scroll_vectors(coll, flt, batch_size=batch, payload_fields=("cluster",)):
             start, end = len(ids), len(ids) + len(b.ids)
             if end > len(x):  # segments arrived since the count: grow
                 grow = max(end, int(len(x) * 1.25) + 1)
@@ -348,7 +357,7 @@ def run_clustering(home: Home, options: ClusterOptions, progress: bool = True) -
     with recorded_run(home.db, "cluster", {**options.identity(), "name": name}) as job:
         t0 = time.perf_counter()
         flt = options.store_filter()
-        sel = read_vectors(home, flt, options.read_batch, progress)
+        sel = read_vectors(home, flt, options.read_batch, progress, options.space)
         timings["read"] = time.perf_counter() - t0
         if not sel.ids:
             raise InputError(f"{home.root}: no segments{options.describe_filter()} to cluster")
@@ -365,7 +374,9 @@ def run_clustering(home: Home, options: ClusterOptions, progress: bool = True) -
         # An unfiltered read saw every vector; after a filtered one, the others holding a cluster (of an
         # older run) are looked up to be cleared.
         sql, updates = write_back(home, name, options.algorithm, options.identity(), options.make_current,
-                                  sel.ids, labels, dist, sel.old_clusters, flt is None, stats, progress, timings)
+                                  sel.ids, labels, dist, sel.old_clusters,
+                                  # only the sam space holds every segment: another one read all only if full
+                                  flt is None and options.space == SAM_SPACE, stats, progress, timings)
         summary = ClusterSummary(
             run=name, run_id=sql.run_id, algorithm=options.algorithm, settings=options.identity(),
             segments=len(sel.ids), stored=sql.stored, clusters=len(sizes), noise=noise, sizes=sizes,

@@ -17,7 +17,7 @@ from sqlalchemy import func, select, text, update
 from samsearch.cluster.job import NOISE, find_run
 from samsearch.db import ClusterName, Segment, SegmentCluster
 from samsearch.errors import InputError
-from samsearch.home import SEGMENTS, Home
+from samsearch.home import SAM_SPACE, Home, space_collection
 
 LABEL_SOURCE = "cluster"
 MAX_LABEL = 200
@@ -75,7 +75,7 @@ def name_cluster(
     # SQL first: a crash before the payloads are written is repaired by naming again (same members).
     payload = {"label": label, "label_source": LABEL_SOURCE, "label_score": None, "bank": None}
     chunks = range(0, len(ids), _PAYLOAD_CHUNK)
-    home.vectors.set_payloads(SEGMENTS, ((ids[i:i + _PAYLOAD_CHUNK], payload) for i in chunks))
+    home.set_segment_payloads((ids[i:i + _PAYLOAD_CHUNK], payload) for i in chunks)
     return NameSummary(run, cluster, label, int(members), len(ids), int(members) - len(ids))
 
 
@@ -106,6 +106,12 @@ def cluster_instance_ids(home: Home, run: str) -> dict[str, list[str]]:
     return out
 
 
+def cluster_run_space(home: Home, run: str) -> str:
+    """The embedding space clustering run ``run`` read its vectors from (``sam`` unless ``--space``)."""
+    with home.db.session() as s:
+        return str((find_run(s, run).settings or {}).get("space") or SAM_SPACE)
+
+
 def cluster_instances(home: Home, run: str) -> dict[str, np.ndarray]:
     """Vectors (float32, ``(n, dim)``) of the members of every named cluster of ``run``, by name: the
     input of a memory bank built from clusters (``samsearch bank build --from-clusters RUN``).
@@ -115,12 +121,13 @@ def cluster_instances(home: Home, run: str) -> dict[str, np.ndarray]:
     if not groups:
         raise InputError(f"run {run!r} has no named clusters (name them with `samsearch cluster name {run} "
                          "CLUSTER LABEL`)")
+    coll = space_collection(cluster_run_space(home, run))
     out: dict[str, np.ndarray] = {}
     for label, ids in groups.items():
         rows: list[np.ndarray] = []
         for start in range(0, len(ids), _RETRIEVE_CHUNK):
             chunk = ids[start:start + _RETRIEVE_CHUNK]
-            rows.extend(rec.vector for rec in home.vectors.retrieve(SEGMENTS, chunk, with_vectors=True)
+            rows.extend(rec.vector for rec in home.vectors.retrieve(coll, chunk, with_vectors=True)
                         if rec.vector is not None)
         if rows:
             out[label] = np.stack(rows).astype(np.float32, copy=False)

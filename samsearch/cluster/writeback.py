@@ -173,7 +173,7 @@ def _set_clusters(home: Home, ids: np.ndarray, values: np.ndarray, progress: boo
                 bar.update(len(chunk))
 
     with tqdm(total=len(ids), desc="write payloads", unit="vec", disable=not progress) as bar:
-        home.vectors.set_payloads(SEGMENTS, groups())
+        home.set_segment_payloads(groups())  # every space's collection mirrors ``cluster``
 
 
 def clustered_payloads(home: Home) -> dict[str, int]:

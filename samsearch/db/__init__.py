@@ -18,10 +18,11 @@ from samsearch.db.schema import (
     Run,
     Segment,
     SegmentCluster,
+    SpaceEmbedding,
 )
 
 __all__ = [
     "Bank", "BankClass", "BankVector", "Base", "ClusterName", "ClusterRun", "Database", "Image",
-    "ImageDataset", "ImageStatus", "Ingestion", "Meta", "Run", "Segment", "SegmentCluster", "default_sqlite_url",
-    "open_database",
+    "ImageDataset", "ImageStatus", "Ingestion", "Meta", "Run", "Segment", "SegmentCluster", "SpaceEmbedding",
+    "default_sqlite_url", "open_database",
 ]

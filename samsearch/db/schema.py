@@ -130,6 +130,18 @@ class Ingestion(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class SpaceEmbedding(Base):
+    """Marks that every stored segment of an image has its vector in the extra embedding space ``space``
+    (written by ``samsearch embed`` after the vectors are durable: the exactly-once record of that job)."""
+
+    __tablename__ = "space_embeddings"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    space: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    n_segments: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Segment(Base):
     __tablename__ = "segments"
     __table_args__ = (

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,7 +37,7 @@ from samsearch.data.imageio import (
 )
 from samsearch.db.runs import recorded_run
 from samsearch.errors import InputError
-from samsearch.home import SEGMENTS, Home
+from samsearch.home import SEGMENTS, Home, space_collection
 from samsearch.ingest.claim import claim_image, mark_failed
 from samsearch.ingest.containers import (
     ClaimedImage,
@@ -58,7 +59,9 @@ from samsearch.sam.segment import Segments, segment
 class Ingestor:
     """Runs ingest over files with one loaded model into one home. Reusable across calls."""
 
-    def __init__(self, home: Home, model: LoadedModel, options: IngestOptions):
+    def __init__(self, home: Home, model: LoadedModel, options: IngestOptions, spaces: Sequence[Any] = ()):
+        """``spaces``: loaded extra embedding spaces (:func:`samsearch.spaces.dinov2.load_space`) whose
+        vectors are written in the same pass (one decode, one SAM run, each backbone once per image)."""
         if options.prompts not in PROMPT_MODES:
             raise InputError(f"--prompts must be one of {', '.join(PROMPT_MODES)}, not {options.prompts!r}")
         if options.prompts in ("boxes", "masks") and options.annotations is None:
@@ -80,8 +83,11 @@ class Ingestor:
                 raise InputError(str(exc)) from exc
         self.space = embedding_space(model.ref)
         home.claim_embedding_space(self.space)
+        self.spaces = list(spaces)
+        for sm in self.spaces:
+            home.claim_space(sm.spec.name, sm.space)
         self.writer = SegmentWriter(home, self.settings_hash, options.dataset, SOURCE_OF_MODE[options.prompts],
-                                    model.key)
+                                    model.key, self.spaces)
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def run_settings(self, inputs: Sequence[str]) -> dict:
@@ -93,6 +99,7 @@ class Ingestor:
             "model": self.model.name, "model_key": self.model.key, "device": str(self.model.device),
             "amg": self.options.amg.as_dict(), "settings_hash": self.settings_hash, "recipe": RECIPE,
             "execution": self.execution.as_dict(),
+            **({"spaces": [sm.spec.name for sm in self.spaces]} if self.spaces else {}),
         }
 
     # -- the per-image work: prepare → encode → compute → store ------------------------------------
@@ -250,7 +257,9 @@ class Ingestor:
 
             run.counts = counts
             # No vector index builds while images flow (they stall the process); one at the end.
-            with self.home.vectors.bulk_load(SEGMENTS, report=report_line if progress else None):
+            with contextlib.ExitStack() as bulk:
+                for coll in [SEGMENTS, *(space_collection(sm.spec.name) for sm in self.spaces)]:
+                    bulk.enter_context(self.home.vectors.bulk_load(coll, report=report_line if progress else None))
                 if self.execution.pipeline:
                     from samsearch.ingest.pipeline import run_pipeline
 
@@ -278,6 +287,7 @@ def _sync(model: LoadedModel) -> None:
 
 
 def ingest(home: Home, inputs: Sequence[str | Path], model: LoadedModel,
-           options: IngestOptions | None = None, progress: bool = True) -> IngestSummary:
-    """Library entry point: ingest files/folders/globs into ``home`` with ``model``."""
-    return Ingestor(home, model, options or IngestOptions()).run(inputs, progress=progress)
+           options: IngestOptions | None = None, progress: bool = True, spaces: Sequence[Any] = ()) -> IngestSummary:
+    """Library entry point: ingest files/folders/globs into ``home`` with ``model`` (and the loaded extra
+    embedding ``spaces`` in the same pass)."""
+    return Ingestor(home, model, options or IngestOptions(), spaces).run(inputs, progress=progress)

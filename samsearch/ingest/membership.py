@@ -40,7 +40,7 @@ def join_dataset(home: Home, image_ids: Iterable[int], dataset: str) -> int:
                                            .where(Segment.image_id.in_(joining))):
                 groups.setdefault(after[image_id], []).append(sid)
             if groups and home.vectors.has_collection(SEGMENTS):
-                home.vectors.set_payloads(SEGMENTS, [(sids, {"dataset": list(key)}) for key, sids in groups.items()])
+                home.set_segment_payloads([(sids, {"dataset": list(key)}) for key, sids in groups.items()])
             s.add_all(ImageDataset(image_id=i, dataset=dataset) for i in joining)
             joined += len(joining)
     return joined

@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy import delete, insert, or_, select, update
 
 from samsearch.data.masks import masks_to_rles
-from samsearch.db import Image, ImageStatus, Ingestion, Segment
+from samsearch.db import Image, ImageStatus, Ingestion, Segment, SpaceEmbedding
 from samsearch.db.memberships import datasets_of
 from samsearch.db.schema import utcnow
 from samsearch.faults import fault_point
@@ -40,12 +40,16 @@ class _Staged:
     ids: list[str]
     vectors: np.ndarray
     datasets: list[str]  # the image's datasets the payloads name
+    masks: np.ndarray | None = None  # (len(ids), H, W) bool: kept only when extra spaces pool them
 
 
 class SegmentWriter:
     """Stores computed images of one run's settings into ``home``."""
 
-    def __init__(self, home: Home, settings_hash: str, dataset: str, source: str, model_key: str):
+    def __init__(self, home: Home, settings_hash: str, dataset: str, source: str, model_key: str,
+                 spaces: Sequence[Any] = ()):
+        # spaces: loaded extra embedding spaces (samsearch.spaces SpaceModel) written in the same pass
+        self.spaces = list(spaces)
         self.home = home
         self.settings_hash = settings_hash
         self.dataset = dataset
@@ -76,6 +80,8 @@ class SegmentWriter:
         for st in staged:
             if st.item.prepared.cleanup:
                 self._delete_stale_vectors(st.item.prepared, st.ids)
+        if self.spaces:
+            self._write_spaces(staged)
         for item in items:
             item.timings["vectors"] += (time.perf_counter() - t0) / len(items)
 
@@ -85,6 +91,8 @@ class SegmentWriter:
             prepared = st.item.prepared
             self._commit(prepared, run_id, st.rows, (int(prepared.rgb.shape[0]), int(prepared.rgb.shape[1])),
                          st.ids, st.datasets)
+            if self.spaces:  # own transaction after the image's: a crash between only redoes its spaces
+                self._mark_spaces(prepared.image_id, run_id, len(st.rows))
             st.item.timings["sql"] += time.perf_counter() - t0
             st.item.summary.images_ingested += 1
             st.item.summary.segments += len(st.rows)
@@ -99,17 +107,45 @@ class SegmentWriter:
         rows, payloads, ids = self._segment_rows(computed.seg, masks_np, valid_np, item.prepared.image_id,
                                                  item.prepared.content_hash, datasets, item.timings)
         item.summary.empty_masks_dropped += int((~valid_np).sum())
-        return _Staged(item, rows, payloads, ids, vectors_np[valid_np], datasets)
+        return _Staged(item, rows, payloads, ids, vectors_np[valid_np],
+                       datasets, masks_np[valid_np] if self.spaces else None)
 
-    def _delete_stale_vectors(self, item: PreparedImage, ids: list[str]) -> None:
+    def _write_spaces(self, staged: Sequence[_Staged]) -> None:
+        """The extra spaces' vectors of a batch: one backbone pass per image over the decoded image already
+        in memory, the same masks, ids and payloads; written before the images' SQL rows and their
+        ``space_embeddings`` marks, so a crash leaves nothing marked without its vectors (an image done but
+        not marked is embedded by ``samsearch embed``, which ``ingest --spaces`` runs at its end)."""
+        from samsearch.home import space_collection
+        from samsearch.spaces.dinov2 import encode_images, pool_segments
+
+        for sm in self.spaces:
+            tokens = encode_images(sm, [st.item.prepared.rgb for st in staged], batch_size=len(staged))
+            ids, vecs, payloads = [], [], []
+            for st, tok in zip(staged, tokens, strict=True):
+                if not st.ids:
+                    continue
+                v, ok = pool_segments(tok, st.masks)
+                for sid, row, good, p in zip(st.ids, v.cpu().numpy(), ok.cpu().numpy(), st.payloads, strict=True):
+                    if good:
+                        ids.append(sid)
+                        vecs.append(row)
+                        payloads.append(p)
+            coll = space_collection(sm.spec.name)
+            if ids:
+                self.home.vectors.upsert(coll, ids, np.stack(vecs).astype(np.float32), payloads)
+            for st in staged:
+                if st.item.prepared.cleanup:
+                    self._delete_stale_vectors(st.item.prepared, st.ids, coll)
+
+    def _delete_stale_vectors(self, item: PreparedImage, ids: list[str], coll: str = SEGMENTS) -> None:
         """After an earlier attempt at this image, delete the points it left beyond this attempt's ids.
         Called after the upsert: a crash in between leaves extra points (removed by the next attempt),
         never missing ones."""
         flt = Filter.of(Match("image_hash", item.content_hash), Match("settings_hash", self.settings_hash))
         keep = set(ids)
-        stale = [r.id for batch in self.home.vectors.scroll(SEGMENTS, flt) for r in batch if r.id not in keep]
+        stale = [r.id for batch in self.home.vectors.scroll(coll, flt) for r in batch if r.id not in keep]
         if stale:
-            self.home.vectors.delete(SEGMENTS, stale)
+            self.home.vectors.delete(coll, stale)
 
     def _carry_labels(self, image_id: int, ids: list[str], payloads: list[dict[str, Any]]) -> None:
         """A redone image keeps the labels/clusters its stored segments have: copy them into the payloads."""
@@ -136,7 +172,7 @@ class SegmentWriter:
                 check_lease(img, item.lease_owner)
             now = datasets_of(s, [item.image_id]).get(item.image_id) or datasets
             if now != datasets and ids:
-                self.home.vectors.set_payload(SEGMENTS, ids, {"dataset": now})
+                self.home.set_segment_payload(ids, {"dataset": now})
             existing = set(s.scalars(select(Segment.id).where(
                 Segment.image_id == item.image_id, Segment.settings_hash == self.settings_hash)))
             new_ids = {r["id"] for r in rows}
@@ -160,6 +196,15 @@ class SegmentWriter:
             img.height, img.width = size_hw
             img.lease_owner = None
             img.lease_expires_at = None
+
+    def _mark_spaces(self, image_id: int, run_id: int, n: int) -> None:
+        """The image's ``space_embeddings`` rows (what ``samsearch embed`` would have written)."""
+        names = [sm.spec.name for sm in self.spaces]
+        with self.home.db.session() as s:
+            s.execute(delete(SpaceEmbedding).where(SpaceEmbedding.image_id == image_id,
+                                                   SpaceEmbedding.space.in_(names)))
+            s.execute(insert(SpaceEmbedding), [{"image_id": image_id, "space": name, "run_id": run_id,
+                                                "n_segments": n} for name in names])
 
     def _segment_rows(self, seg: Segments, masks_np: np.ndarray, valid: np.ndarray, image_id: int,
                       content_hash: str, datasets: list[str], timings: dict[str, float]):

@@ -83,11 +83,13 @@ class DoctorReport:
     payload_mismatches: int = 0  # segments whose payload disagrees with SQL on a filtered field
     mismatched_fields: dict[str, int] = field(default_factory=dict)  # field -> segments
     mismatch_examples: list[str] = field(default_factory=list)
+    spaces: dict[str, Any] = field(default_factory=dict)  # extra embedding spaces (reports.space_check)
+    space_problems: list[str] = field(default_factory=list)
 
     @property
     def problems(self) -> int:
         return (self.missing_vectors + self.orphan_vectors + self.expired_leases + len(self.model_problems)
-                + self.payload_mismatches)
+               + self.payload_mismatches + len(self.space_problems))
 
     @property
     def healthy_after_repair(self) -> bool:
@@ -100,7 +102,7 @@ class DoctorReport:
                  and self.repaired.get("orphan_vectors_deleted", 0) >= self.orphan_vectors
                  and self.repaired.get("leases_released", 0) >= self.expired_leases
                  and self.repaired.get("payloads_rewritten", 0) >= self.payload_mismatches)
-        return fixed and not self.model_problems and not self.not_repaired
+        return fixed and not self.model_problems and not self.not_repaired and not self.space_problems
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -146,6 +148,11 @@ def diagnose(home: Home, repair: bool = False, progress: bool = False,
         else:
             report.orphan_vectors = report.in_flight_vectors = 0  # the deleting pass counts again
             _check_orphans(home, report, True, _NoBar())
+    from samsearch.reports.space_check import check_spaces
+
+    for name, health in check_spaces(home, repair).items():
+        report.spaces[name] = health.as_dict()
+        report.space_problems.extend(health.problems)
     return report
 
 
@@ -379,5 +386,5 @@ def rewrite_payloads(home: Home, mismatches: list[PayloadMismatch]) -> int:
             payload["label_score"] = round(payload["label_score"], PAYLOAD_SCORE_DECIMALS)
         key = repr(sorted(payload.items()))
         groups.setdefault(key, ([], payload))[0].append(m.segment_id)
-    home.vectors.set_payloads(SEGMENTS, [(ids, payload) for ids, payload in groups.values()])
+    home.set_segment_payloads([(ids, payload) for ids, payload in groups.values()])
     return len(mismatches)

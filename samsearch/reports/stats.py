@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from samsearch.db import Image, ImageDataset, Run, Segment
-from samsearch.home import SEGMENTS, Home
+from samsearch.home import SEGMENTS, Home, space_collection
 from samsearch.vectors.server import safe_url
 
 
@@ -41,6 +41,11 @@ def collect_stats(home: Home, max_failures: int = 50) -> dict[str, Any]:
         n_runs = s.scalar(select(func.count()).select_from(Run))
     space = home.embedding_space()
     vectors = home.vectors.count(SEGMENTS) if home.vectors.has_collection(SEGMENTS) else 0
+    spaces = {}
+    for name, sp in home.spaces().items():
+        coll = space_collection(name)
+        spaces[name] = {**sp.__dict__, "collection": coll,
+                        "vectors": home.vectors.count(coll) if home.vectors.has_collection(coll) else 0}
     return {
         "home": str(home.root),
         "database": home.db.safe_url,
@@ -49,6 +54,7 @@ def collect_stats(home: Home, max_failures: int = 50) -> dict[str, Any]:
         "images": n_images,
         "segments": n_segments,
         "vectors": vectors,
+        "spaces": spaces,  # name -> identity, collection and vector count of every space
         "runs": n_runs,
         "failed_images": n_failed,
         "datasets": dict(sorted(by_dataset.items())),

@@ -56,9 +56,15 @@ def coverage_matrix(size: int, resized: int, grid: int = 64, patch: int = 16, de
 
 def mask_patch_weights(masks: torch.Tensor, enc: EncodedImage, grid: int = 64) -> torch.Tensor:
     """(N, H, W) bool masks in original-image pixels → (N, grid*grid) patch coverage fractions."""
+    return mask_coverage(masks, enc.input_size, grid, 16)
+
+
+def mask_coverage(masks: torch.Tensor, input_size: tuple[int, int], grid: int, patch: int) -> torch.Tensor:
+    """(N, H, W) bool masks → (N, grid*grid) coverage fractions for any backbone whose input is the image
+    resized to ``input_size`` (h, w), padded bottom/right to grid·patch square, cut into patch×patch tiles."""
     n, h, w = masks.shape
-    c_y = coverage_matrix(h, enc.input_size[0], grid, 16, masks.device)  # (g, H)
-    c_x_t = coverage_matrix(w, enc.input_size[1], grid, 16, masks.device).T.contiguous()  # (W, g)
+    c_y = coverage_matrix(h, input_size[0], grid, patch, masks.device)  # (g, H)
+    c_x_t = coverage_matrix(w, input_size[1], grid, patch, masks.device).T.contiguous()  # (W, g)
     out = torch.empty((n, grid * grid), dtype=torch.float32, device=masks.device)
     per_chunk = max(1, int(3e7 // max(1, h * w)))  # bound the float copy of the masks
     for start in range(0, n, per_chunk):

@@ -61,10 +61,10 @@ from typing import Any
 
 import numpy as np
 
-from samsearch.bank.store import load_centroids
+from samsearch.bank.store import bank_space, get_bank, load_centroids
 from samsearch.data.imageio import LoadedImage
 from samsearch.errors import EmbeddingSpaceMismatch, InputError, NotFoundError
-from samsearch.home import SEGMENTS, Home
+from samsearch.home import SAM_SPACE, SEGMENTS, Home, space_collection
 from samsearch.identity import EmbeddingSpace
 from samsearch.sam.pooling import RECIPE
 from samsearch.search.segments import SegmentInfo, fetch_segments
@@ -213,9 +213,14 @@ def _space(home: Home) -> EmbeddingSpace | None:
     return space
 
 
-def _require_corpus(home: Home) -> None:
-    if not home.vectors.has_collection(SEGMENTS):
+def _require_corpus(home: Home, space: str = SAM_SPACE) -> str:
+    """The collection of ``space``; NotFoundError when the home has no vectors there."""
+    if space != SAM_SPACE:
+        home.space(space)  # NotFoundError naming the spaces this home has
+    coll = space_collection(space)
+    if not home.vectors.has_collection(coll):
         raise _empty_corpus(home)
+    return coll
 
 
 # Largest -k a search answers: every hit is fetched from SQL and held in memory (and each store sizes its
@@ -258,17 +263,20 @@ def _results(home: Home, query: QueryInfo, found: list[Hit], k: int, filters: Se
 
 
 def _run(home: Home, query: QueryInfo, k: int, filters: SearchFilters | None, min_score: float | None,
-         started: float) -> SearchResults:
+         started: float, space: str = SAM_SPACE) -> SearchResults:
     filters = filters or SearchFilters()
     _check_k(k, min_score)
     flt = filters.to_filter(query.image_hash)
     own = query.segment_id if query.kind == "segment" else None
     limit = int(k) + (own is not None)  # the query segment itself comes back first: ask for one more
+    coll = space_collection(space)
     if len(query.vectors) == 1:
-        found = home.vectors.search(SEGMENTS, query.vectors[0], k=limit, flt=flt, min_score=min_score)
+        found = home.vectors.search(coll, query.vectors[0], k=limit, flt=flt, min_score=min_score)
     else:
-        found = _merge(home.vectors.search_batch(SEGMENTS, query.vectors, k=limit, flt=flt), min_score)
+        found = _merge(home.vectors.search_batch(coll, query.vectors, k=limit, flt=flt), min_score)
     found = [h for h in found if h.id != own][: int(k)]
+    if not found and home.vectors.count(coll) == 0:
+        raise _empty_corpus(home)
     # One SQL query for every hit (and the query segment's own row, for its picture).
     return _results(home, query, found, k, filters, min_score, started, own)
 
@@ -282,33 +290,38 @@ def _shown_dataset(info: SegmentInfo, wanted: list[str]) -> str:
 
 
 def search_by_vector(home: Home, vector: np.ndarray | Sequence[float], k: int = 10,
-                     filters: SearchFilters | None = None, min_score: float | None = None) -> SearchResults:
-    """Segments most similar to ``vector`` (normalised here; must have the home's dimension)."""
+                     filters: SearchFilters | None = None, min_score: float | None = None,
+                     space: str = SAM_SPACE) -> SearchResults:
+    """Segments most similar to ``vector`` in embedding space ``space`` (normalised here; must have the
+    space's dimension)."""
     started = time.perf_counter()
-    _require_corpus(home)
-    space = _space(home)
+    _require_corpus(home, space)
+    ident = _space(home) if space == SAM_SPACE else home.space(space)
     x = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-    if space is not None and x.shape[1] != space.dim:
-        raise InputError(f"the query vector has {x.shape[1]} dimensions; this home's vectors have {space.dim}")
+    if ident is not None and x.shape[1] != ident.dim:
+        where = "" if space == SAM_SPACE else f" in space {space!r}"
+        raise InputError(f"the query vector has {x.shape[1]} dimensions; this home's vectors{where} have {ident.dim}")
     if not np.isfinite(x).all() or not np.abs(x).sum():
         raise InputError("the query vector must be finite and non-zero")
-    return _run(home, QueryInfo("vector", x), k, filters, min_score, started)
+    return _run(home, QueryInfo("vector", x), k, filters, min_score, started, space)
 
 
 def search_by_segment(home: Home, segment_id: str, k: int = 10, filters: SearchFilters | None = None,
-                      min_score: float | None = None) -> SearchResults:
-    """Segments most similar to a stored segment (the segment itself is not among the hits)."""
+                      min_score: float | None = None, space: str = SAM_SPACE) -> SearchResults:
+    """Segments most similar to a stored segment, compared in embedding space ``space`` (the segment itself
+    is not among the hits)."""
     started = time.perf_counter()
-    _require_corpus(home)
-    found = home.vectors.retrieve(SEGMENTS, [segment_id], with_vectors=True) if _is_uuid(segment_id) else []
+    coll = _require_corpus(home, space)
+    found = home.vectors.retrieve(coll, [segment_id], with_vectors=True) if _is_uuid(segment_id) else []
     if not found:
-        if home.vectors.count(SEGMENTS) == 0:
+        if home.vectors.count(coll) == 0:
             raise _empty_corpus(home)
-        raise NotFoundError(f"no segment {segment_id!r} in {home.root}")
+        where = "" if space == SAM_SPACE else f" with a vector in space {space!r} (`samsearch embed --space {space}`)"
+        raise NotFoundError(f"no segment {segment_id!r}{where} in {home.root}")
     rec = found[0]
     query = QueryInfo("segment", rec.vector[None, :], segment_id=rec.id,
                       image_hash=rec.payload.get("image_hash"))
-    return _run(home, query, k, filters, min_score, started)
+    return _run(home, query, k, filters, min_score, started, space)
 
 
 def _is_uuid(text: str) -> bool:
@@ -373,19 +386,23 @@ def search_by_image(
     min_score: float | None = None,
     checkpoint: Path | str | None = None,
     device: str | None = None,
+    space: str = SAM_SPACE,
+    space_weights: Path | str | None = None,
 ) -> SearchResults:
     """Segments like the one marked on ``image`` (which need not be in the corpus) by a box
     ``(x0, y0, x1, y1)``, points (foreground; ``negative_points`` background), or a mask (H×W array or a
     mask image file). SAM runs with the home's own model (see :func:`model_for_home`), and the segment
-    is embedded exactly as ingest embeds one. ``image`` may also be an already decoded
-    :class:`~samsearch.data.imageio.LoadedImage` (an upload: ``samsearch serve`` decodes the bytes itself,
-    with its own pixel limit, and never writes them to a file); its ``path`` only names it."""
+    is embedded exactly as ingest embeds one; in another ``space`` SAM's mask is pooled in that space's
+    backbone (its weights must be the ones of the home's vectors: cached, or ``space_weights``). ``image``
+    may also be an already decoded :class:`~samsearch.data.imageio.LoadedImage` (an upload: ``samsearch
+    serve`` decodes the bytes itself, with its own pixel limit, and never writes them to a file); its
+    ``path`` only names it."""
     from samsearch.data.imageio import ImageLoadError, load_image
     from samsearch.data.masks import mask_to_rle
     from samsearch.search.prompt import Prompt, check_prompt, embed_prompted_segment, load_mask_file
 
     started = time.perf_counter()
-    _require_corpus(home)
+    _require_corpus(home, space)
     _check_k(k, min_score)
     if box is not None:
         box = tuple(float(v) for v in box)
@@ -412,19 +429,36 @@ def search_by_image(
         emb = embed_prompted_segment(model, loaded.rgb, prompt)
     except InputError as exc:  # e.g. an image too thin for SAM: say which
         raise InputError(f"{image}: {exc}") from None
-    query = QueryInfo("image", emb.vector[None, :], image_path=str(image), image_hash=loaded.content_hash,
+    vector = emb.vector
+    if space != SAM_SPACE:
+        from samsearch.spaces.dinov2 import embed_segments, load_space
+
+        sm = load_space(space, None if space_weights is None else Path(space_weights), str(model.device))
+        held = home.space(space)
+        if sm.space != held:
+            raise InputError(f"space {space!r} here holds vectors from {held.describe()}; the loaded weights are "
+                             f"{sm.space.describe()} (pass --weights with the home's copy)")
+        vectors, _ = embed_segments(sm, loaded.rgb, emb.mask[None])
+        vector = vectors[0].cpu().numpy().astype(np.float32)
+    query = QueryInfo("image", vector[None, :], image_path=str(image), image_hash=loaded.content_hash,
                       prompt=prompt.describe(), predicted_iou=emb.predicted_iou, rle=mask_to_rle(emb.mask))
-    return _run(home, query, k, filters, min_score, started)
+    return _run(home, query, k, filters, min_score, started, space)
 
 
 def search_by_label(home: Home, label: str, bank: str, k: int = 10, filters: SearchFilters | None = None,
-                    min_score: float | None = None) -> SearchResults:
+                    min_score: float | None = None, space: str | None = None) -> SearchResults:
     """"Find every <label>": each of the bank's centroids for ``label`` is a query; the hits are merged,
-    each segment once with its best score."""
+    each segment once with its best score. The search runs in the bank's space (``space``, if given, must
+    be that one)."""
     started = time.perf_counter()
-    _require_corpus(home)
+    _require_corpus(home)  # an empty home says so before it looks for the bank
+    held = bank_space(get_bank(home, bank))
+    if space is not None and space != held:
+        raise InputError(f"bank {bank!r} lives in space {held!r}, not {space!r}: its centroids only compare with "
+                         f"vectors of {held!r}")
+    _require_corpus(home, held)
     vectors = load_centroids(home, bank, label).vectors
-    return _run(home, QueryInfo("label", vectors, label=label, bank=bank), k, filters, min_score, started)
+    return _run(home, QueryInfo("label", vectors, label=label, bank=bank), k, filters, min_score, started, held)
 
 
 # -- relevance feedback ------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def test_migration_0002_gives_every_existing_image_its_dataset(database_url):
         conn.execute(text("INSERT INTO images (content_hash, path, dataset, status, attempts, created_at, updated_at)"
                           " VALUES ('h1', '/a.png', 'old', 'done', 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
     db.upgrade()
-    assert db.current_revision() == "0002"
+    assert db.current_revision() == "0003"
     with db.session() as s:
         s.add(Image(content_hash="h2", path="/b.png", dataset="new"))
     with db.session() as s:
