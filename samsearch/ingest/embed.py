@@ -28,6 +28,7 @@ from sqlalchemy import and_, insert, select
 from samsearch.data.imageio import ImageLoadError, decode_image, read_bytes_and_hash
 from samsearch.data.masks import rles_to_masks
 from samsearch.db import Image, ImageStatus, Segment, SpaceEmbedding
+from samsearch.db.memberships import datasets_of, in_dataset
 from samsearch.db.runs import recorded_run
 from samsearch.errors import InputError
 from samsearch.faults import fault_point
@@ -72,15 +73,18 @@ class EmbedSummary:
         return d
 
 
-def pending_images(home: Home, space: str, dataset: str | None = None) -> list[tuple[int, str, str, str]]:
-    """(image id, path, content hash, dataset) of the done images without a ``space`` row, by id."""
+def pending_images(home: Home, space: str, dataset: str | None = None) -> list[tuple[int, str, str, list[str]]]:
+    """(image id, path, content hash, datasets) of the done images without a ``space`` row, by id."""
     done = select(SpaceEmbedding.image_id).where(SpaceEmbedding.space == space)
     q = select(Image.id, Image.path, Image.content_hash, Image.dataset).where(
         Image.status == ImageStatus.done.value, Image.id.not_in(done))
     if dataset is not None:
-        q = q.where(Image.dataset == dataset)
+        q = q.where(in_dataset(dataset))
     with home.db.session() as s:
-        return [tuple(r) for r in s.execute(q.order_by(Image.id)).all()]
+        rows = s.execute(q.order_by(Image.id)).all()
+        member = datasets_of(s, [r.id for r in rows])
+    # The payload's dataset field is the list of the image's datasets (as ingest writes it).
+    return [(r.id, r.path, r.content_hash, member.get(r.id, [r.dataset])) for r in rows]
 
 
 def _segment_rows(home: Home, image_id: int) -> list[Any]:
@@ -90,7 +94,7 @@ def _segment_rows(home: Home, image_id: int) -> list[Any]:
         return s.execute(select(*cols).where(Segment.image_id == image_id).order_by(Segment.id)).all()
 
 
-def _payload(row: Any, image_id: int, content_hash: str, dataset: str) -> dict[str, Any]:
+def _payload(row: Any, image_id: int, content_hash: str, dataset: list[str]) -> dict[str, Any]:
     """The payload ingest (and labeling, clustering since) gave this segment in ``segments``, from SQL."""
     p: dict[str, Any] = {"image_id": image_id, "image_hash": content_hash, "dataset": dataset,
                          "settings_hash": row.settings_hash, "source": row.source, "area": int(row.area)}
@@ -145,10 +149,10 @@ def embed_space(home: Home, options: EmbedOptions, progress: bool = True, space_
     return summary
 
 
-def _embed_batch(home: Home, sm: Any, coll: str, batch: Sequence[tuple[int, str, str, str]], run_id: int,
+def _embed_batch(home: Home, sm: Any, coll: str, batch: Sequence[tuple[int, str, str, list[str]]], run_id: int,
                  options: EmbedOptions, summary: EmbedSummary, encode_images: Any, pool_segments: Any) -> None:
     """One batch of images: decode, one backbone pass, pool every mask, one upsert, then one transaction."""
-    loaded: list[tuple[int, str, str, np.ndarray, list[Any]]] = []
+    loaded: list[tuple[int, str, list[str], np.ndarray, list[Any]]] = []
     for image_id, path, content_hash, dataset in batch:
         try:
             data, digest = read_bytes_and_hash(path)

@@ -84,9 +84,10 @@ class Cluster:
     def open_home(self, **kwargs: Any) -> Home:
         return Home(self.home_dir, database_url=self.database_url, qdrant_url=self.qdrant_url, **kwargs)
 
-    def start_worker(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "samsearch", "worker", "--drain", "--lease", str(self.lease), "--poll", "0.2",
-               "--batch", "2", "--device", "cpu", "--json", "--quiet", *args]
+    def start_worker(self, *args: str, env: dict[str, str] | None = None, drain: bool = True) -> subprocess.Popen:
+        """A ``samsearch worker`` process; ``drain=False``: it waits for work until it is killed."""
+        cmd = [sys.executable, "-m", "samsearch", "worker", *(["--drain"] if drain else []), "--lease",
+               str(self.lease), "--poll", "0.2", "--batch", "2", "--device", "cpu", "--json", "--quiet", *args]
         return subprocess.Popen(cmd, env=self.env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 cwd=Path(__file__).resolve().parents[2])
 
@@ -241,7 +242,9 @@ def kill_trial(c: Cluster, images: Sequence[SyntheticImage], annotations: Path, 
     started = time.perf_counter()
     rng = random.Random(seed)
     settings_hash = enqueue_images(c, images, annotations)
-    victim = c.start_worker(env={"SAMSEARCH_FAULT": fault} if fault else None)
+    # A victim to be SIGKILLed never drains: on a fast machine it could otherwise finish the queue and exit
+    # before the kill, and the trial would test nothing.
+    victim = c.start_worker(env={"SAMSEARCH_FAULT": fault} if fault else None, drain=fault is not None)
     delay = rng.uniform(0.0, max_delay) if fault is None else 0.0
     held: list[int] = []
     with c.open_home() as home:

@@ -77,7 +77,8 @@ def test_enqueue_records_unreadable_files_as_failed(home, tmp_path):
     (tmp_path / "in" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # listed, but cannot be read
     summary = enqueue(home, [tmp_path / "in"], "tiny-random")
     assert (summary.enqueued, summary.unreadable) == (2, 1)
-    assert summary.failures == [{"path": str(tmp_path / "nowhere.png"), "reason": "unreadable: no such file"}]
+    # listed under the link's own name (the file the user gave), not its missing target
+    assert summary.failures == [{"path": str(tmp_path / "in" / "gone.png"), "reason": "unreadable: no such file"}]
     assert _statuses(home) == {"pending": 2, "failed": 1}
     assert retry_failed(home) == {"requeued": 0, "unreadable_left": 1}
 
