@@ -325,28 +325,29 @@ def create_app(home: Home, read_only: bool = False, token: str | None = None, *,
         seg = await call(get_segment, home, _segment_id(request))
         return {"schema": API_SCHEMA, **segment_dict(seg)}
 
+    def _registered_image(path: str, masks: list, what: str):
+        """The pixels of an image the home registered (never a path from the request), checked against its
+        stored masks: 410 when the file is unreadable now, 409 when it changed size since ingest."""
+        try:
+            rgb = load_image(path).rgb
+        except (ImageLoadError, OSError):
+            raise HttpError(410, f"{what}: its image is no longer readable") from None
+        if any(m.shape != rgb.shape[:2] for m in masks):
+            raise HttpError(409, f"{what}: the file at its image path changed size since ingest")
+        return rgb
+
     def _crop_png(sid: str, size: int) -> bytes:
         seg = get_segment(home, sid)
-        try:
-            rgb = load_image(seg.image_path).rgb  # the path the home registered, never one from the request
-        except (ImageLoadError, OSError):
-            raise HttpError(410, f"segment {sid}: its image is no longer readable") from None
         mask = seg.mask()
-        if mask.shape != rgb.shape[:2]:
-            raise HttpError(409, f"segment {sid}: the file at its image path changed size since ingest")
+        rgb = _registered_image(seg.image_path, [mask], f"segment {sid}")
         buf = io.BytesIO()
         render_crop(rgb, mask, size=size).save(buf, format="PNG")
         return buf.getvalue()
 
     def _overlay_png(image_id: int, max_side: int) -> bytes:
         info = get_image(home, image_id)
-        try:
-            rgb = load_image(info.image_path).rgb  # the path the home registered, never one from the request
-        except (ImageLoadError, OSError):
-            raise HttpError(410, f"image {image_id} is no longer readable") from None
         masks = [seg.mask() for seg in info.segments]
-        if any(m.shape != rgb.shape[:2] for m in masks):
-            raise HttpError(409, f"image {image_id}: the file at its path changed size since ingest")
+        rgb = _registered_image(info.image_path, masks, f"image {image_id}")
         captions = [seg.label or seg.annotation_category or "" for seg in info.segments]
         buf = io.BytesIO()
         render_image_overlay(rgb, masks, captions, max_side=max_side).save(buf, format="PNG")
