@@ -196,7 +196,7 @@ def show(
     max_side: int = typer.Option(None, "--max-side", min=16, metavar="N",
                                  help="Shrink so the longer side is at most N pixels."),
 ) -> None:
-    """Draw one stored segment over its image (tinted, outlined) into a PNG."""
+    """Draw one stored segment over its image (outlined) into a PNG."""
     from PIL import Image
 
     from samsearch.reports.gallery import render_segment

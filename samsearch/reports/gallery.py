@@ -23,8 +23,8 @@ from samsearch.errors import InputError
 from samsearch.home import Home
 from samsearch.search.segments import get_segment
 
-OUTLINE = (255, 48, 48)
-TINT = np.array([255, 48, 48], dtype=np.float32)
+OUTLINE = (255, 48, 48)  # the bright inner ring of a mask's outline
+OUTLINE_DARK = (16, 16, 16)  # its dark outer ring, visible on light and red backgrounds alike
 
 
 @dataclass
@@ -55,12 +55,16 @@ def mask_outline(mask: np.ndarray, width: int = 2) -> np.ndarray:
     return mask & ~inner
 
 
-def draw_mask(rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.35) -> np.ndarray:
-    """The image with the mask tinted and its outline drawn."""
-    out = rgb.astype(np.float32)
-    out[mask] = (1 - alpha) * out[mask] + alpha * TINT
-    out[mask_outline(mask, max(1, round(max(rgb.shape[:2]) / 300)))] = OUTLINE
-    return out.clip(0, 255).astype(np.uint8)
+def draw_mask(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The image with the mask's border drawn (a dark outer and a bright inner ring, both inside the mask).
+    The segment's own pixels are not tinted: a person naming clusters by colour sees its true colours."""
+    out = rgb.copy()
+    width = max(1, round(max(rgb.shape[:2]) / 300))
+    border = mask_outline(mask, 2 * width)
+    inner = border & ~mask_outline(mask, width)
+    out[border] = OUTLINE_DARK
+    out[inner] = OUTLINE
+    return out
 
 
 def mask_bbox_xyxy(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -89,7 +93,7 @@ def render_crop(rgb: np.ndarray, mask: np.ndarray, size: int = 192, context: flo
 
 
 def render_segment_image(image_path: Path | str, rle: dict[str, Any], max_side: int | None = None) -> Image.Image:
-    """The whole image with the segment tinted and outlined (for ``samsearch show``)."""
+    """The whole image with the segment outlined (for ``samsearch show``)."""
     rgb = load_image(image_path).rgb
     pic = Image.fromarray(draw_mask(rgb, _mask_for(rle, rgb)))
     if max_side and max(pic.size) > max_side:
@@ -226,7 +230,7 @@ def write_gallery(
 
 
 def render_segment(home: Home, segment_id: str, out: Path | str, max_side: int | None = None) -> Path:
-    """Write a PNG of the segment's image with the segment tinted and outlined (the image's own size,
+    """Write a PNG of the segment's image with the segment outlined (the image's own size,
     or at most ``max_side`` pixels on its longer side)."""
     out = Path(out)
     if out.suffix.lower() != ".png":

@@ -14,13 +14,16 @@ def test_outline_is_the_border_only():
     assert ring.sum() == 6 * 4 - 4 and not ring[4, 4] and ring[2, 2] and not ring[0, 0]
 
 
-def test_draw_mask_changes_only_masked_pixels():
-    rgb = np.full((20, 30, 3), 100, dtype=np.uint8)
+def test_draw_mask_outlines_the_mask_and_keeps_its_colours():
+    rgb = np.zeros((20, 30, 3), dtype=np.uint8)
+    rgb[..., 1:] = 200  # cyan: a tint would turn it pinkish, which misleads whoever names clusters by colour
     mask = np.zeros((20, 30), dtype=bool)
     mask[5:15, 5:25] = True
     out = draw_mask(rgb, mask)
-    assert np.array_equal(out[~mask], rgb[~mask])
-    assert (out[mask] != 100).any(axis=1).all()
+    border = mask_outline(mask, 2)
+    assert np.array_equal(out[~mask], rgb[~mask])  # outside: untouched
+    assert np.array_equal(out[mask & ~border], rgb[mask & ~border])  # inside the border: the true colours
+    assert (out[border] != rgb[border]).any(axis=1).all()  # the border is drawn
 
 
 def test_crop_is_square_and_centred_on_the_segment():

@@ -518,7 +518,7 @@ def test_cli_show_writes_a_png_of_the_image(edge_corpus, tmp_path, max_side, siz
     assert result.stdout == f"wrote {out} ({size[0]}x{size[1]})\n"
     with PILImage.open(out) as pic:
         assert pic.format == "PNG" and pic.size == size
-        if max_side is None:  # the segment is drawn (tinted) and nothing else changed
+        if max_side is None:  # the segment is drawn (outlined) and nothing else changed
             seg = get_segment(edge_corpus.home, sid)
             mask = seg.mask()
             original = np.asarray(PILImage.open(seg.image_path).convert("RGB"))
