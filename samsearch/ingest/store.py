@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, insert, or_, select, update
 
-from samsearch.data.masks import masks_to_rles
+from samsearch.data.masks import mask_to_box_xywh, masks_to_rles
 from samsearch.db import Image, ImageStatus, Ingestion, Segment, SpaceEmbedding
 from samsearch.db.memberships import datasets_of
 from samsearch.db.schema import utcnow
@@ -215,7 +215,7 @@ class SegmentWriter:
         h, w = masks_np.shape[1:] if masks_np.ndim == 3 else (0, 0)
         rows, payloads, ids = [], [], []
         for j, i in enumerate(keep):
-            box = _mask_box_xywh(masks_np[i])
+            box = mask_to_box_xywh(masks_np[i])
             sid = segment_id(content_hash, self.settings_hash, int(i))
             ids.append(sid)
             rows.append({
@@ -234,11 +234,3 @@ class SegmentWriter:
             })
         timings["rle"] += time.perf_counter() - t0
         return rows, payloads, ids
-
-
-def _mask_box_xywh(mask: np.ndarray) -> list[float]:
-    ys = np.flatnonzero(mask.any(axis=1))
-    xs = np.flatnonzero(mask.any(axis=0))
-    if len(xs) == 0:
-        return [0.0, 0.0, 0.0, 0.0]
-    return [float(xs[0]), float(ys[0]), float(xs[-1] - xs[0] + 1), float(ys[-1] - ys[0] + 1)]

@@ -20,7 +20,7 @@ import torch
 from segment_anything.modeling import Sam
 
 from samsearch.data.coco import ObjectAnnotation
-from samsearch.data.masks import annotation_to_mask
+from samsearch.data.masks import annotation_to_mask, masks_to_boxes_xywh
 from samsearch.sam.amg import AmgSettings, GeneratedMasks, generate_masks
 from samsearch.sam.encoder import EncodedImage
 from samsearch.sam.pooling import pool_mask_embeddings
@@ -93,8 +93,7 @@ class Segments:
                                   "labels": [int(v) for v in labels]}
         if box_xyxy is not None:
             prompt["box"] = _round(box_xyxy)
-        box = _mask_box_xyxy(mask)
-        return cls(mask[None], box[None], [iou], [None], [prompt], [None], [None])
+        return cls(mask[None], _mask_boxes_xyxy(mask[None]), [iou], [None], [prompt], [None], [None])
 
     @classmethod
     def from_masks(cls, masks: np.ndarray | torch.Tensor, device: torch.device | str = "cpu",
@@ -106,7 +105,7 @@ class Segments:
                             device=device)
         n = int(t.shape[0])
         if boxes_xyxy is None:
-            boxes_xyxy = np.stack([_mask_box_xyxy(m) for m in t]) if n else np.zeros((0, 4), np.float32)
+            boxes_xyxy = _mask_boxes_xyxy(t)
         return cls(t, np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4), [None] * n, [None] * n, [None] * n,
                    list(annotation_ids) if annotation_ids is not None else [None] * n,
                    list(categories) if categories is not None else [None] * n)
@@ -157,9 +156,9 @@ def _annotation_boxes(anns: Sequence[ObjectAnnotation]) -> np.ndarray:
                       a.bbox_xywh[1] + a.bbox_xywh[3]] for a in anns], dtype=np.float32).reshape(-1, 4)
 
 
-def _mask_box_xyxy(mask: torch.Tensor | np.ndarray) -> np.ndarray:
-    m = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-    ys, xs = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-    if len(xs) == 0:
-        return np.zeros(4, np.float32)
-    return np.array([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1], dtype=np.float32)
+def _mask_boxes_xyxy(masks: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(N, 4) tight XYXY boxes of (N, H, W) masks (zeros for an empty mask), from the data layer's boxes."""
+    m = masks.cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
+    boxes = masks_to_boxes_xywh(m).astype(np.float32).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]
+    return boxes
