@@ -10,8 +10,9 @@ from samsearch.cli.app import app, cli_home, echo_json, handle_errors
 def stats(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
+    max_labels: int = typer.Option(20, "--labels", min=0, help="Show at most this many labels (most frequent)."),
 ) -> None:
-    """Counts per dataset, model and status, and the images that failed."""
+    """Counts per dataset, model, status and label, and the images that failed."""
     from samsearch.reports.stats import collect_stats
 
     with cli_home(ctx) as home:
@@ -38,6 +39,17 @@ def stats(
                        f"{d['segments']:>10}")
         if sum(d["images"] for d in data["datasets"].values()) > data["images"]:
             typer.echo("(an image that belongs to several datasets counts in each)")
+    labeled = [e for e in data["labels"] if e["label"] is not None]
+    if labeled:
+        typer.echo("")
+        typer.echo(f"{'label':<24} {'segments':>10}  by source")
+        for e in labeled[:max_labels]:
+            sources = ", ".join(f"{src} {n}" for src, n in sorted(e["by_source"].items()))
+            typer.echo(f"{e['label']:<24} {e['count']:>10}  {sources}")
+        if len(labeled) > max_labels:
+            typer.echo(f"... and {len(labeled) - max_labels} more labels (--json lists them all)")
+        unlabeled = sum(e["count"] for e in data["labels"] if e["label"] is None)
+        typer.echo(f"{'(unlabeled)':<24} {unlabeled:>10}")
     if data["failures"]:
         typer.echo("")
         typer.echo("failed images:")

@@ -1,4 +1,4 @@
-"""Counts over a home: images per dataset and status, segments per dataset and model, failures."""
+"""Counts over a home: images per dataset and status, segments per dataset, model and label, failures."""
 
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ def collect_stats(home: Home, max_failures: int = 50) -> dict[str, Any]:
         "datasets": dict(sorted(by_dataset.items())),
         "models": by_model,
         "failures": failures,
+        "labels": label_counts(home),  # segments per label and label source; label None = unlabeled
     }
 
 

@@ -144,6 +144,52 @@ async def _json_body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
     return data
 
 
+_FORM_FILES = ("image", "mask")
+
+
+async def _form_body(request: Request, limit: int) -> dict[str, Any]:
+    """A ``multipart/form-data`` request as the JSON body it stands for: the ``image`` and ``mask`` file
+    parts become their bytes; every other field is read as a JSON value (``k=5``, ``box=[0,0,9,9]``,
+    ``filters={"dataset": "a"}``), or kept as a plain string when it is not JSON (``text=a red car``)."""
+    body = await _read_body(request, limit)  # the size limit holds before any parsing
+
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=len(_FORM_FILES), max_fields=32)
+    except HttpError:
+        raise
+    except Exception as exc:  # malformed multipart, too many parts
+        raise HttpError(400, f"the multipart body cannot be read: {one_line(exc)}") from None
+    data: dict[str, Any] = {}
+    try:
+        for key, value in form.multi_items():
+            if key in data:
+                raise HttpError(400, f"field {key!r} appears more than once")
+            if isinstance(value, str):
+                if key in _FORM_FILES:
+                    raise HttpError(400, f"{key} must be a file part (filename=...), not a text field")
+                try:
+                    data[key] = json.loads(value)
+                except ValueError:
+                    data[key] = value
+            elif key in _FORM_FILES:
+                data[key] = await value.read()
+            else:
+                raise HttpError(400, f"field {key!r} must be a text field, not a file")
+    finally:
+        await form.close()
+    return data
+
+
+async def _search_body(request: Request, limit: int) -> dict[str, Any]:
+    """The search request: a JSON object, or a multipart form (an image file and its fields)."""
+    if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        return await _form_body(request, limit)
+    return await _json_body(request, limit)
+
+
 def _check_keys(data: dict[str, Any], allowed: set[str], what: str) -> None:
     unknown = sorted(set(data) - allowed)
     if unknown:
@@ -223,7 +269,14 @@ def _points(value: Any, what: str) -> list[list[float]]:
 
 
 def _upload(value: Any, what: str, max_bytes: int) -> bytes:
-    """Base64 (optionally a ``data:...;base64,`` URL) → bytes, at most ``max_bytes``."""
+    """Base64 (optionally a ``data:...;base64,`` URL), or a multipart file part's bytes → bytes, at most
+    ``max_bytes``."""
+    if isinstance(value, bytes):
+        if len(value) > max_bytes:
+            raise HttpError(413, f"{what}: upload over {max_bytes} bytes")
+        if not value:
+            raise HttpError(400, f"{what}: the uploaded file is empty")
+        return value
     if not isinstance(value, str) or not value:
         raise HttpError(400, f"{what} must be a base64 string (the file's bytes)")
     if value.startswith("data:"):
@@ -376,8 +429,8 @@ def create_app(home: Home, read_only: bool = False, token: str | None = None, *,
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=60"})
 
     async def search(request: Request) -> Any:
-        # an image and its mask, base64 (4/3 of their bytes), and the rest of the request
-        data = await _json_body(request, max(MAX_BODY, (2 * max_upload_bytes) * 4 // 3 + MAX_BODY))
+        # an image and its mask, base64 (4/3 of their bytes) or multipart, and the rest of the request
+        data = await _search_body(request, max(MAX_BODY, (2 * max_upload_bytes) * 4 // 3 + MAX_BODY))
         asked = sorted(set(data) & _NOT_YET)
         if asked:
             raise HttpError(400, f"{', '.join(asked)}: not supported by this server yet "

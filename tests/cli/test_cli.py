@@ -60,6 +60,33 @@ def test_ingest_then_stats_json(tmp_path, shapes):
         f"ingested 0 images (0 segments), skipped {len(shapes.images)} already stored, failed 0, in ")
 
 
+def test_stats_counts_segments_per_label_and_source(tmp_path, shapes):
+    """Labels set by a person show up in `stats` (text and --json), split by who set them."""
+    from samsearch.bank.classify import set_manual_labels
+    from samsearch.db import Segment
+    from samsearch.home import Home
+
+    home = tmp_path / "h"
+    assert runner.invoke(app, _ingest_args(home, shapes)).exit_code == 0
+    with Home(home) as h:
+        with h.db.session() as s:
+            ids = sorted(s.scalars(Segment.__table__.select().with_only_columns(Segment.id)))
+        assert set_manual_labels(h, ids[:2], "red square") == 2
+        assert set_manual_labels(h, ids[2:3], "blue <b>disc</b>") == 1
+
+    data = json.loads(runner.invoke(app, ["--home", str(home), "stats", "--json"]).stdout)
+    by_label = {e["label"]: e for e in data["labels"]}
+    assert by_label["red square"]["count"] == 2 and by_label["red square"]["by_source"] == {"manual": 2}
+    assert by_label["blue <b>disc</b>"]["count"] == 1
+    assert by_label[None]["count"] == len(shapes.objects) - 3
+
+    text = runner.invoke(app, ["--home", str(home), "stats"]).stdout
+    assert "red square" in text and "manual 2" in text
+    assert ["(unlabeled)", str(len(shapes.objects) - 3)] in [line.split() for line in text.splitlines()]
+    short = runner.invoke(app, ["--home", str(home), "stats", "--labels", "1"]).stdout
+    assert "red square" in short and "blue" not in short and "1 more labels" in short
+
+
 def test_ingest_and_worker_drain_say_they_build_the_index_and_leave_it_complete(tmp_path, shapes, monkeypatch):
     """Without --quiet, ingest and worker --drain print the closing index build on stderr (it runs in a
     child process) and return with every vector indexed: search is at indexed speed at once."""

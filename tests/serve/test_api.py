@@ -432,6 +432,39 @@ def test_upload_with_a_mask_finds_the_segment_it_came_from(api, home):
     assert [h["rank"] for h in boxed.json()["hits"]] == [1, 2, 3]
 
 
+def test_multipart_upload_is_the_same_search_as_base64(api, home):
+    """``multipart/form-data`` (what ``curl -F image=@photo.jpg`` sends): the file parts are the image and
+    mask, the other fields JSON values; the answer is the base64 request's."""
+    import json as _json
+
+    import numpy as np
+
+    from samsearch.search.segments import get_segment
+
+    seg = get_segment(home, _all_ids(home)[4])
+    raw = Path(seg.image_path).read_bytes()
+    mask_png = _png(seg.mask().astype(np.uint8) * 255)
+    as_json = api.post("/api/search", json={"image": _b64(raw), "mask": _b64(mask_png), "k": 5,
+                                            "filters": {"exclude_same_image": True}}).json()
+    r = api.post("/api/search", files={"image": ("photo.png", raw, "image/png"),
+                                       "mask": ("mask.png", mask_png, "image/png")},
+                 data={"k": "5", "filters": _json.dumps({"exclude_same_image": True})})
+    assert r.status_code == 200, r.text
+    assert [h["segment_id"] for h in r.json()["hits"]] == [h["segment_id"] for h in as_json["hits"]]
+    assert len(as_json["hits"]) == 5 and all(h["image_id"] != seg.image_id for h in as_json["hits"])
+    # the fields are checked as in JSON; the image must be a file part; parts are not repeated
+    assert "k" in _error(api.post("/api/search", files={"image": ("p.png", raw)}, data={"k": "many"}), 400)
+    assert "file part" in _error(api.post("/api/search", files={"mask": ("m.png", mask_png)},
+                                          data={"image": _b64(raw), "box": "[0,0,9,9]"}), 400)
+    assert "empty" in _error(api.post("/api/search", files={"image": ("p.png", b"")}, data={"box": "[0,0,9,9]"}),
+                             400)
+    assert "unknown field" in _error(api.post("/api/search", files={"image": ("p.png", raw)},
+                                              data={"box": "[0,0,9,9]", "evil": "1"}), 400)
+    garbled = api.post("/api/search", content=b"--xx\r\nnot a part", headers={
+        "content-type": "multipart/form-data; boundary=xx"})
+    assert "multipart" in _error(garbled, 400)
+
+
 def test_uploads_over_the_limits_are_refused(home, serve, tiny_model):
     import numpy as np
 
@@ -454,6 +487,13 @@ def test_uploads_over_the_limits_are_refused(home, serve, tiny_model):
     flat = _png(np.zeros((400, 400, 3), np.uint8))
     assert len(flat) < 20_000
     assert "pixels" in _error(small.post("/api/search", json={"image": _b64(flat), "box": [0, 0, 9, 9]}), 413)
+    # and as multipart: the body cap holds before parsing, the byte and pixel caps after
+    assert "bytes" in _error(small.post("/api/search", files={"image": ("big.png", big * 3)},
+                                        data={"box": "[0, 0, 9, 9]"}), 413)
+    assert "bytes" in _error(small.post("/api/search", files={"image": ("big.png", big)},
+                                        data={"box": "[0, 0, 9, 9]"}), 413)
+    assert "pixels" in _error(small.post("/api/search", files={"image": ("flat.png", flat)},
+                                         data={"box": "[0, 0, 9, 9]"}), 413)
 
 
 def test_a_pixel_bomb_is_refused_at_the_default_limit(api):
