@@ -1,5 +1,5 @@
 """The review page in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by
-Selenium) against a real server and store (SQLite + Qdrant Edge): the grid loads crops, a click shows
+Selenium) against a real server and store (SQLite + Qdrant Edge, and Postgres + a Qdrant server over HTTP): the grid loads crops, a click shows
 neighbours with scores, two ticked segments get a label, a cluster gets a name, and a script-laden label
 shows as text. Screenshots of the grid and the neighbours view go to ``$SAMSEARCH_TEST_ARTIFACTS``
 (default: the test's temporary folder)."""
@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import pytest
 
 from samsearch.cluster.naming import cluster_names
 from samsearch.home import Home
+from samsearch.reports.stats import collect_stats
 from samsearch.search.query import search_by_examples
 from samsearch.search.segments import fetch_segments
 
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 EVIL = '<img src=x onerror="document.title=\'pwned\'">'
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e .[dev])")
 if not Path(CHROMEDRIVER).exists():  # .ci/run installs it; elsewhere: apt-get install chromium chromium-driver
@@ -28,13 +31,38 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory, build_corpus, serve):
-    home = Home(tmp_path_factory.mktemp("browser") / "home")
-    build_corpus(home)
-    server = serve(home)
-    yield home, server.url
-    home.close()
+@pytest.fixture(scope="module", params=["sqlite+edge", "postgres+qdrant-http"])
+def site(request, tmp_path_factory, build_corpus, serve):
+    """The page over each backend: SQLite + Qdrant Edge, and Postgres + a Qdrant server over real HTTP
+    (the stand-in)."""
+    root = tmp_path_factory.mktemp("browser") / "home"
+    schema = standin = None
+    if request.param == "sqlite+edge":
+        home = Home(root)
+    else:
+        import psycopg
+
+        from samsearch.testing.qdrant_standin import QdrantStandin
+
+        schema = "t_" + uuid.uuid4().hex[:12]
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+        standin = QdrantStandin().start()
+        home = Home(root, database_url=f"postgresql+psycopg://postgres@127.0.0.1:5432/test"
+                                       f"?options=-csearch_path%3D{schema}", qdrant_url=standin.url)
+    try:
+        build_corpus(home)
+        server = serve(home)
+        yield home, server.url
+    finally:
+        home.close()
+        if standin is not None:
+            standin.stop()
+        if schema:
+            import psycopg
+
+            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +77,11 @@ def browser():
 
 
 @pytest.fixture
-def artifacts(tmp_path) -> Path:
+def artifacts(request, tmp_path) -> Path:
     out = Path(os.environ.get("SAMSEARCH_TEST_ARTIFACTS") or tmp_path)
+    backend = request.node.callspec.params.get("site", "sqlite+edge")
+    if backend != "sqlite+edge":  # docs/serve-grid.png is the embedded home's; the others go in a folder
+        out = out / backend
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -128,6 +159,8 @@ def test_grid_neighbours_labels_and_cluster_names(site, browser, artifacts):
     _wait(browser, lambda d: "labeled 2" in _status(d))
     stored = fetch_segments(home, picked)
     assert {s.label for s in stored.values()} == {EVIL}
+    counts = {e["label"]: e for e in collect_stats(home)["labels"]}  # what `samsearch stats` prints
+    assert counts[EVIL]["count"] == 2 and counts[EVIL]["by_source"] == {"manual": 2}
     shown = f"{EVIL} \u00b7 a"  # the caption: label · dataset, as text
     _wait(browser, lambda d: sorted(t.get_attribute("textContent") for t in d.find_elements(
         By.CSS_SELECTOR, "#grid .tile") if t.get_attribute("data-id") in picked) == [shown, shown])
