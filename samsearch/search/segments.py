@@ -92,14 +92,19 @@ def get_segment(home: Home, segment_id: str) -> SegmentInfo:
 
 
 def list_segments(home: Home, limit: int = 100, offset: int = 0, dataset: str | None = None,
-                  label: str | None = None, cluster: int | None = None) -> list[SegmentInfo]:
+                  label: str | None = None, cluster: int | None = None, min_score: float | None = None,
+                  max_score: float | None = None) -> list[SegmentInfo]:
     """One page of stored segments (ordered by image, then id), optionally only those of ``dataset``,
-    carrying ``label``, or in ``cluster``. Reads SQL only, so a page costs the same at any corpus size
-    up to the offset scan."""
+    carrying ``label``, in ``cluster``, or whose label score (the bank's cosine for the label it gave;
+    a manual label has none) lies in ``[min_score, max_score]``: a reviewer pages through the doubtful
+    labels first. Reads SQL only, so a page costs the same at any corpus size up to the offset scan."""
     if not 1 <= limit <= 1000:
         raise InputError(f"limit must be 1..1000, got {limit}")
     if offset < 0:
         raise InputError(f"offset must be >= 0, got {offset}")
+    for name, bound in (("min_score", min_score), ("max_score", max_score)):
+        if bound is not None and not -1.0 <= bound <= 1.0:
+            raise InputError(f"{name} must be a cosine in -1..1, got {bound}")
     query = select(*_COLUMNS).join(Image, Image.id == Segment.image_id)
     if dataset is not None:
         query = query.where(in_dataset(dataset))  # membership: an image may belong to several
@@ -107,6 +112,10 @@ def list_segments(home: Home, limit: int = 100, offset: int = 0, dataset: str | 
         query = query.where(Segment.label == label)
     if cluster is not None:
         query = query.where(Segment.cluster == cluster)
+    if min_score is not None:
+        query = query.where(Segment.label_score >= min_score)  # NULL (no score) never matches a bound
+    if max_score is not None:
+        query = query.where(Segment.label_score <= max_score)
     query = query.order_by(Segment.image_id, Segment.id).limit(limit).offset(offset)
     with home.db.engine.connect() as conn:
         rows = conn.execute(query).all()

@@ -118,6 +118,19 @@ def _int_param(request: Request, name: str, default: int | None, lo: int, hi: in
     return value
 
 
+def _float_param(request: Request, name: str) -> float | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise HttpError(400, f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise HttpError(400, f"{name} must be finite, got {raw!r}")
+    return value
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes (by its
     Content-Length, or while streaming one without), so an oversized upload is never held whole."""
@@ -371,7 +384,8 @@ def create_app(home: Home, read_only: bool = False, token: str | None = None, *,
         page = await call(
             list_segments, home, limit=_int_param(request, "limit", 60, 1, 1000),
             offset=_int_param(request, "offset", 0, 0, 2**62), dataset=q.get("dataset"), label=q.get("label"),
-            cluster=_int_param(request, "cluster", None, -(2**31), 2**31))
+            cluster=_int_param(request, "cluster", None, -(2**31), 2**31),
+            min_score=_float_param(request, "min_score"), max_score=_float_param(request, "max_score"))
         return {"schema": API_SCHEMA, "segments": [segment_dict(s, with_mask=False) for s in page]}
 
     async def segment(request: Request) -> Any:

@@ -32,7 +32,10 @@ h2{font-size:15px;margin:4px 0 8px}
 <header>
  <b>samsearch</b>
  <input id="f-dataset" placeholder="dataset"><input id="f-label" placeholder="label">
- <input id="f-cluster" placeholder="cluster" size="6"><button id="apply">filter</button>
+ <input id="f-cluster" placeholder="cluster" size="6">
+ <input id="f-min_score" placeholder="score &ge;" size="6" title="label score (the bank's cosine) at least">
+ <input id="f-max_score" placeholder="score &le;" size="6" title="label score at most: the doubtful labels">
+ <button id="apply">filter</button>
  <button id="prev">&larr;</button><span id="pageno"></span><button id="next">&rarr;</button>
  <span>|</span><input id="label-input" placeholder="label for selected"><button id="assign">assign label</button>
  <button id="unassign">clear manual label</button>
@@ -81,10 +84,13 @@ function tile(seg, caption, onclick) {
   d.addEventListener("click", onclick);
   return d;
 }
-function describe(s) { return (s.label || s.annotation_category || "unlabeled") + " \\u00b7 " + s.dataset; }
+function describe(s) {
+  const score = s.label && s.label_score != null ? " " + s.label_score.toFixed(2) : "";
+  return (s.label || s.annotation_category || "unlabeled") + score + " \\u00b7 " + s.dataset;
+}
 async function loadGrid(done) {
   const q = new URLSearchParams({limit: PAGE_SIZE, offset: offset});
-  for (const f of ["dataset", "label", "cluster"]) { const v = $("f-" + f).value.trim(); if (v) q.set(f, v); }
+  for (const f of ["dataset", "label", "cluster", "min_score", "max_score"]) { const v = $("f-" + f).value.trim(); if (v) q.set(f, v); }
   status("loading\\u2026");
   try {
     const data = await api("/api/segments?" + q);

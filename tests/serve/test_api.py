@@ -527,3 +527,36 @@ def test_bad_uploads_are_400(api, home):
                        ({"image": raw, "mask": _b64(b"\x89PNG garbage")}, "mask"),
                        ({"image": 5, "box": [0, 0, 9, 9]}, "base64")):
         assert word in _error(api.post("/api/search", json=body), 400), body
+
+
+def test_segments_filter_by_label_score(api, home):
+    """The grid's score filter: segments whose bank label scored within [min_score, max_score]; manual
+    labels and unlabeled segments have no score and never match a bound. (Last in the module: it labels
+    the corpus with a bank.)"""
+    from samsearch.bank.build import create_bank_from_clusters
+    from samsearch.bank.classify import LabelOptions, label_segments
+    from samsearch.cluster.naming import name_cluster
+
+    with home.db.session() as s:
+        clusters = sorted({c for (c,) in s.execute(select(Segment.cluster)) if c is not None and c >= 0})
+    for c in clusters:
+        name_cluster(home, "k3", c, f"kind {c}", overwrite_manual=True)
+    create_bank_from_clusters(home, "k3", "from-k3", replace=True)
+    label_segments(home, LabelOptions(bank="from-k3", relabel=True, overwrite_manual=True), progress=False)
+    with home.db.session() as s:
+        scores = {sid: sc for sid, sc in s.execute(select(Segment.id, Segment.label_score))}
+    assert all(v is not None for v in scores.values())
+    cut = sorted(scores.values())[len(scores) // 2]
+
+    def page(**params):
+        return {s["segment_id"]: s for s in api.get("/api/segments", params={"limit": 1000, **params})
+                .json()["segments"]}
+
+    low, high = page(max_score=cut), page(min_score=cut)
+    assert set(low) == {k for k, v in scores.items() if v <= cut}
+    assert set(high) == {k for k, v in scores.items() if v >= cut}
+    assert all(s["label_score"] <= cut for s in low.values()) and low and high
+    assert page(min_score=cut, max_score=cut).keys() == {k for k, v in scores.items() if v == cut}
+    _error(api.get("/api/segments", params={"min_score": "high"}), 400)
+    _error(api.get("/api/segments", params={"max_score": "nan"}), 400)
+    _error(api.get("/api/segments", params={"min_score": 2}), 400)
