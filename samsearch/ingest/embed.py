@@ -139,8 +139,10 @@ def embed_space(home: Home, options: EmbedOptions, progress: bool = True, space_
         summary.images_pending = len(todo)
         if options.limit is not None:
             todo = todo[:options.limit]
-        # No index builds while vectors flow; one at the end (see VectorStore.bulk_load).
-        with home.vectors.bulk_load(coll), tqdm(total=len(todo), desc=f"embed {options.space}", unit="img",
+        # No index builds while vectors flow; one at the end (see VectorStore.bulk_load), said on stderr.
+        from samsearch.ingest.ingestor import report_line
+
+        with home.vectors.bulk_load(coll, report=report_line if progress else None), tqdm(total=len(todo), desc=f"embed {options.space}", unit="img",
                                                 disable=not progress) as bar:
             for start in range(0, len(todo), options.batch_images):
                 batch = todo[start:start + options.batch_images]
