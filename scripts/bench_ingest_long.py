@@ -17,6 +17,7 @@ the final build, the time to a fully indexed store, and search p50 (k=10, no fil
 (for baseline also after its final optimize).
 
     PYTHONPATH=$PWD python scripts/bench_ingest_long.py --n 300000 --mode all
+    PYTHONPATH=$PWD python scripts/bench_ingest_long.py --n 300000 --mode both --parallel   # shared load
 """
 
 from __future__ import annotations
@@ -151,6 +152,10 @@ def main() -> None:
                          "build in-process, baseline = incremental builds; both = baseline + child; all = the three")
     ap.add_argument("--queries", type=int, default=200, help="searches for each p50")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--parallel", action="store_true",
+                    help="run the modes at the same time, one process each, so that they share the machine's "
+                         "load (on a busy machine a sequential run compares different loads); the first to "
+                         "finish leaves the others more CPU, which favours the slower mode")
     args = ap.parse_args()
 
     def log(line: str) -> None:
@@ -159,18 +164,32 @@ def main() -> None:
     queries = np.random.default_rng(99).standard_normal((args.queries, DIM)).astype(np.float32)
     modes = {"both": ["baseline", "child"], "all": ["baseline", "child", "deferred"]}.get(args.mode, [args.mode])
     results = []
+    if args.parallel and len(modes) > 1:
+        import subprocess
+        import sys
+
+        procs = [subprocess.Popen([sys.executable, __file__, "--n", str(args.n), "--batch", str(args.batch),
+                                   "--mode", mode, "--queries", str(args.queries), "--seed", str(args.seed)],
+                                  stdout=subprocess.PIPE, text=True) for mode in modes]
+        for mode, proc in zip(modes, procs, strict=True):
+            out, _ = proc.communicate()
+            for line in out.splitlines():
+                print(f"[{mode}] {line}", flush=True)
+            results.append(json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1]))
+        modes = []
     for mode in modes:
         res = run(mode, args.n, args.batch, args.seed, queries, log)
         print(json.dumps(res), flush=True)
         results.append(res)
-        if mode != "baseline" and results[0]["mode"] == "baseline":
-            base = results[0]
-            print(json.dumps({"mode": mode, "vs": "baseline",
-                              "ratio_time_to_indexed": round(res["seconds_to_fully_indexed"]
-                                                             / base["seconds_to_fully_indexed"], 2),
-                              "ratio_p50_after_run_vs_baseline_indexed": round(res["p50_ms_after_run"]
-                                                                               / base["p50_ms_fully_indexed"], 2)}),
-                  flush=True)
+    for res in results[1:] if results[0]["mode"] == "baseline" else []:
+        base = results[0]
+        print(json.dumps({"mode": res["mode"], "vs": base["mode"], "parallel": args.parallel,
+                          "ratio_time_to_indexed": round(res["seconds_to_fully_indexed"]
+                                                         / base["seconds_to_fully_indexed"], 2),
+                          "ratio_cpu_seconds": round(res["cpu_seconds"] / base["cpu_seconds"], 2),
+                          "ratio_p50_after_run_vs_baseline_indexed": round(res["p50_ms_after_run"]
+                                                                           / base["p50_ms_fully_indexed"], 2)}),
+              flush=True)
 
 
 if __name__ == "__main__":
