@@ -13,8 +13,10 @@ no build runs until the block ends, then one build covers the whole run. qdrant-
 during upsert, scroll, flush and optimize, so an optimize blocks every Python thread of the process
 (seconds per 20k new 256-d points on 2 cores): that closing build (and :meth:`EdgeVectorStore.finish_index`)
 runs in a child process that opens the closed shard, optimizes and exits; the shard is reopened (and
-warmed) by its next use. Inside a bulk block writes do not flush one by one: a flush every 20k points
-keeps the flush before the closing build short.
+warmed) by its next use, or at once by :meth:`EdgeVectorStore.finish_index` (a worker whose queue ran dry
+reopens while idle rather than in its next write). Flush and close before the build, and the reopen,
+hold the GIL (at 300k points 1-3 s each on a busy 2-core machine); a flush every 20k points instead
+made each of those flushes as long (2.75 s), so there is one, at the end.
 Payload updates release the GIL but take it back often: next
 to a Python thread that never waits, a 60k-point ``set_payload`` took 19 s instead of under one, so bulk
 jobs keep other threads in C code (SQL statements) while payloads are written.
@@ -85,7 +87,6 @@ class _Collection:
     since_optimize: int  # points written since the last optimize (upper bound of unindexed ones)
     size_at_optimize: int  # points in the shard after the last optimize
     linked: frozenset[str] = frozenset()  # LINKED_AT_INGEST fields whose index has per-value links here
-    since_flush: int = 0  # points written without a flush (inside bulk_load, where writes do not flush)
 
     def wants_optimize(self, threshold: int) -> bool:
         # Each optimize may rebuild the HNSW of everything (Qdrant merges the new segment into the
@@ -185,9 +186,6 @@ class EdgeVectorStore:
         self._lock = threading.RLock()
         self._open: dict[str, _Collection] = {}
         self._bulk: dict[str, int] = {}  # collection -> open bulk_load blocks (no index builds while > 0)
-        # Inside bulk_load, a flush every this many points: the flush before a closing build then has
-        # little left to do (one flush of 300k unflushed points held the GIL for 2.5 s).
-        self.bulk_flush_every = 20_000
         self._warm_on_open: set[str] = set()  # rebuilt by a child: warm the shard when it is next opened
         self.last_child_build: dict[str, float] = {}  # seconds of the last child build's steps
 
@@ -327,12 +325,6 @@ class EdgeVectorStore:
             coll.since_optimize += len(points)
             if name not in self._bulk and coll.wants_optimize(self.index_threshold):
                 self._optimize(name, coll)
-            elif name in self._bulk and not self.fsync:
-                coll.since_flush += len(points)
-                if coll.since_flush >= self.bulk_flush_every:
-                    with self._errors("flush", name):
-                        coll.shard.flush()
-                    coll.since_flush = 0
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         if not len(ids):
@@ -492,6 +484,7 @@ class EdgeVectorStore:
         with self._lock:
             if self.has_collection(name):
                 self._build_after_bulk(name, report)
+                self._get(name)  # reopen now, while idle, not in the next write
 
     def index_status(self, name: str) -> tuple[int, int]:
         """(points, points whose vector is in an HNSW index) of ``name``; unindexed points are scanned."""
