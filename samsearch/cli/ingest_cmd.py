@@ -91,7 +91,7 @@ def ingest(
         _enqueue(ctx, paths, model, options, checkpoint, as_json, quiet)
         return
     options.execution.validate(select_device(device))  # before any download
-    from samsearch.spaces.dinov2 import load_space
+    from samsearch.spaces.models import load_space
 
     loaded = load_model(model, checkpoint=checkpoint, device=device, progress=not quiet)
     space_models = [load_space(name, device=str(loaded.device)) for name in extra]
