@@ -37,7 +37,8 @@ h2{font-size:15px;margin:4px 0 8px}
  <span>|</span><input id="label-input" placeholder="label for selected"><button id="assign">assign label</button>
  <button id="unassign">clear manual label</button>
  <button id="clear-sel">clear selection</button><button id="show-clusters">clusters</button>
- <span>|</span><input id="text-query" placeholder="find by text: a red car" size="22"><button id="text-search">find</button>
+ <span>|</span><input id="text-query" placeholder="find by text: a red car" size="22">
+ <button id="text-search">find</button>
  <span id="status"></span>
 </header>
 <main>

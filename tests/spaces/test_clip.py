@@ -153,7 +153,8 @@ def test_text_inputs_are_checked(tiny):
 def test_registry_names():
     assert {"clip-b32", "clip-b16", "clip-l14", TINY} <= set(SPACES)
     assert [SPACES[n].dim for n in ("clip-b32", "clip-b16", "clip-l14")] == [512, 512, 768]
-    assert SPACES["clip-b32"].hf_repo == "openai/clip-vit-base-patch32" and SPACES["clip-b32"].recipe == "maskcrop-v1@224"
+    b32 = SPACES["clip-b32"]
+    assert b32.hf_repo == "openai/clip-vit-base-patch32" and b32.recipe == "maskcrop-v1@224"
     assert all(SPACES[n].text for n in ("clip-b32", TINY)) and not SPACES["dinov2-b"].text
 
 
