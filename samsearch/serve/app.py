@@ -48,6 +48,7 @@ from samsearch.reports.gallery import render_crop, render_image_overlay
 from samsearch.reports.stats import collect_stats, label_counts
 from samsearch.search.query import (
     SearchFilters,
+    load_text_space,
     model_for_home,
     search_by_examples,
     search_by_image,
@@ -295,8 +296,6 @@ def create_app(home: Home, read_only: bool = False, token: str | None = None, *,
     text_lock = threading.Lock()
 
     def text_search(text: str, space: str | None, k: int, min_score: float | None, filters: SearchFilters) -> Any:
-        from samsearch.search.query import load_text_space
-
         name = text_space(home, space)
         with text_lock:
             if name not in text_models and name in home.spaces():

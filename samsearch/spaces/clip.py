@@ -22,6 +22,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -232,6 +233,11 @@ def masked_crop(rgb: np.ndarray, mask: np.ndarray, box_xywh: Sequence[float], re
     return np.asarray(Image.fromarray(square).resize((resolution, resolution), Image.BICUBIC))
 
 
+def _projected(out: Any) -> torch.Tensor:
+    """A tower's projected features: transformers 5 returns them as ``pooler_output``, 4.x as the tensor."""
+    return (out if isinstance(out, torch.Tensor) else out.pooler_output).float()
+
+
 def normalize_pixels(crops: np.ndarray) -> torch.Tensor:
     """(N, R, R, 3) uint8 → (N, 3, R, R) float32 with CLIP's mean/std."""
     x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255.0
@@ -244,7 +250,7 @@ def embed_crops(sm: ClipSpaceModel, crops: np.ndarray, batch_size: int = 64) -> 
     out = [torch.zeros((0, sm.spec.dim))]
     for start in range(0, len(crops), batch_size):
         pixels = normalize_pixels(crops[start:start + batch_size]).to(sm.device)
-        feats = sm.model.get_image_features(pixel_values=pixels).pooler_output.float()
+        feats = _projected(sm.model.get_image_features(pixel_values=pixels))
         out.append(F.normalize(feats, dim=1).cpu())
     return torch.cat(out)
 
@@ -291,6 +297,6 @@ def embed_texts(sm: ClipSpaceModel, texts: Sequence[str]) -> torch.Tensor:
         if len(t) > MAX_TEXT_CHARS:
             raise InputError(f"the text query has {len(t)} characters; at most {MAX_TEXT_CHARS}")
     enc = sm.tokenizer(texts, padding=True, truncation=True, max_length=sm.max_tokens, return_tensors="pt")
-    feats = sm.model.get_text_features(input_ids=enc["input_ids"].to(sm.device),
-                                       attention_mask=enc["attention_mask"].to(sm.device)).pooler_output.float()
+    feats = _projected(sm.model.get_text_features(input_ids=enc["input_ids"].to(sm.device),
+                                                  attention_mask=enc["attention_mask"].to(sm.device)))
     return F.normalize(feats, dim=1).cpu()
