@@ -137,3 +137,24 @@ def test_embed_on_a_sam_only_home_writes_the_same_vectors(tmp_path, shapes, home
     one_pass, two_steps = vectors(home), vectors(root)
     assert one_pass.keys() == two_steps.keys()
     assert min(float(np.dot(one_pass[i], two_steps[i])) for i in one_pass) > 0.9999
+
+
+def test_image_query_in_the_clip_space_crops_the_prompted_mask(home, tmp_path):
+    """``search --space clip-tiny-random --image I --mask M``: the mask's crop through CLIP's image tower,
+    as ingest embeds one; a stored object's own mask finds its stored segment first with score ~1."""
+    from PIL import Image as PILImage
+
+    from samsearch.data.masks import rle_to_mask
+    from samsearch.db import Image as ImageRow
+
+    with Home(home) as h, h.db.session() as s:
+        seg, path = s.execute(select(Segment, ImageRow.path).join(ImageRow, ImageRow.id == Segment.image_id)
+                              .order_by(Segment.id)).first()
+        sid, rle = seg.id, seg.rle
+    mask_png = tmp_path / "mask.png"
+    PILImage.fromarray((rle_to_mask(rle) * 255).astype(np.uint8)).save(mask_png)
+    r = cli(home, "search", "--space", SPACE, "--image", str(path), "--mask", str(mask_png), "-k", "3",
+            "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    hits = json.loads(r.output)["hits"]
+    assert hits[0]["segment_id"] == sid and hits[0]["score"] > 0.999
