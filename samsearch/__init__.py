@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "search_by_vector": "samsearch.search.query",
     "search_by_label": "samsearch.search.query",
     "search_by_examples": "samsearch.search.query",
+    "search_text": "samsearch.search.query",
     "run_clustering": "samsearch.cluster.job",
     "ClusterOptions": "samsearch.cluster.job",
     "name_cluster": "samsearch.cluster.naming",

@@ -1,13 +1,14 @@
 """Cost per image of each embedding space next to SAM's image encoder (random weights: no download).
 
 For each model: the image through the backbone once and its masks pooled (DINOv2 spaces: encode_images +
-pool_segments at the space's resolution; SAM: encode_image at 1024 px, what ingest pays anyway). Full-size
+pool_segments at the space's resolution; CLIP spaces: each mask's crop through the image tower, crops of all
+images in one batch; SAM: encode_image at 1024 px, what ingest pays anyway). Full-size
 architectures get seeded random weights (speed does not depend on the values). Prints ms per image
 (median of --reps after one warm-up) and the ratio to the first SAM model listed.
 
     python scripts/bench_spaces.py --sam tiny-random,vit_b --spaces dinov2-tiny-random,dinov2-s,dinov2-b \
         --images 2 --reps 3 --device cpu
-    # on a GPU: --device cuda --bf16 --sam vit_h --spaces dinov2-b,dinov2-l
+    # on a GPU: --device cuda --bf16 --sam vit_h --spaces dinov2-b,dinov2-l,clip-b32,clip-l14
 """
 
 from __future__ import annotations
@@ -26,22 +27,49 @@ from PIL import Image
 # Official DINOv2 widths/depths (what the hub's config.json says), for random-weight stand-ins.
 DINOV2_ARCH = {"dinov2-s": (384, 12, 6, False), "dinov2-b": (768, 12, 12, False),
                "dinov2-l": (1024, 24, 16, False), "dinov2-g": (1536, 40, 24, True)}
+# Official CLIP image towers: (width, layers, heads, patch), text towers (width, layers, heads), projection.
+CLIP_ARCH = {"clip-b32": ((768, 12, 12, 32), (512, 12, 8), 512), "clip-b16": ((768, 12, 12, 16), (512, 12, 8), 512),
+             "clip-l14": ((1024, 24, 16, 14), (768, 12, 12), 768)}
 
 
 def space_model(name: str, device: torch.device):
     from transformers import Dinov2Config, Dinov2Model
 
-    from samsearch.spaces.dinov2 import SpaceModel, load_space
+    from samsearch.spaces.dinov2 import SpaceModel
     from samsearch.spaces.registry import get_space
 
+    if name in CLIP_ARCH:
+        return clip_model(name, device)
     if name not in DINOV2_ARCH:
-        return load_space(name, device=str(device))
+        from samsearch.spaces.models import load_space as load_any
+
+        return load_any(name, device=str(device))
     spec = get_space(name)
     width, layers, heads, swiglu = DINOV2_ARCH[name]
     torch.manual_seed(0)
     cfg = Dinov2Config(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
                        use_swiglu_ffn=swiglu, image_size=518, patch_size=14)
     return SpaceModel(spec, spec.identity("random"), Dinov2Model(cfg).eval().to(device), device)
+
+
+def clip_model(name: str, device: torch.device):
+    from transformers import CLIPConfig, CLIPModel
+
+    from samsearch.spaces.clip import ClipSpaceModel, tiny_tokenizer_dir
+    from samsearch.spaces.registry import get_space
+
+    spec = get_space(name)
+    (vw, vl, vh, patch), (tw, tl, th), proj = CLIP_ARCH[name]
+    torch.manual_seed(0)
+    cfg = CLIPConfig(vision_config=dict(hidden_size=vw, num_hidden_layers=vl, num_attention_heads=vh,
+                                        intermediate_size=4 * vw, patch_size=patch, image_size=spec.resolution),
+                     text_config=dict(hidden_size=tw, num_hidden_layers=tl, num_attention_heads=th,
+                                      intermediate_size=4 * tw), projection_dim=proj)
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = CLIPTokenizer.from_pretrained(str(tiny_tokenizer_dir(Path(tmp))))
+    return ClipSpaceModel(spec, spec.identity("random"), CLIPModel(cfg).eval().to(device), device, tok)
 
 
 def timed(fn, reps: int, device: torch.device) -> float:
@@ -73,7 +101,7 @@ def main() -> None:
     from samsearch.data.synthetic import make_dataset
     from samsearch.sam.encoder import encode_images as sam_encode
     from samsearch.sam.models import MODELS, build_sam
-    from samsearch.spaces.dinov2 import encode_images, pool_segments
+    from samsearch.spaces.models import embed_images
 
     device = torch.device(a.device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,10 +128,10 @@ def main() -> None:
 
         def run_space(sm=sm):
             with amp():
-                for tok, m in zip(encode_images(sm, rgbs, batch_size=len(rgbs)), masks, strict=True):
-                    pool_segments(tok, m)
+                embed_images(sm, rgbs, masks, batch_size=len(rgbs))
 
-        rows.append((f"{name} encode+pool", timed(run_space, a.reps, device) / len(rgbs)))
+        what = "crops" if sm.spec.family == "clip" else "encode+pool"
+        rows.append((f"{name} {what}", timed(run_space, a.reps, device) / len(rgbs)))
         del sm
     base = rows[0][1]
     print(f"device={device} bf16={a.bf16} images={a.images} reps={a.reps} threads={torch.get_num_threads()}")

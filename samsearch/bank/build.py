@@ -107,7 +107,7 @@ def build_bank(home: Home, model: LoadedModel | None, dataset: LabeledDataset, o
     if options.space == SAM_SPACE:
         home.claim_embedding_space(embedding_space(model.ref))  # refuses a model other than the home's
     else:
-        from samsearch.spaces.dinov2 import load_space
+        from samsearch.spaces.models import load_space
 
         space_model = load_space(options.space, options.weights,
                                  None if model is None else str(model.device))
@@ -143,7 +143,7 @@ def build_bank(home: Home, model: LoadedModel | None, dataset: LabeledDataset, o
                     enc = encode_image(model.sam, rgb)
                     seg = segment(model.sam, enc, options.prompts, anns, box_batch=options.box_batch)
                 if space_model is not None:
-                    from samsearch.spaces.dinov2 import embed_segments
+                    from samsearch.spaces.models import embed_segments
 
                     vectors, valid = embed_segments(space_model, rgb, seg.masks)
                 else:

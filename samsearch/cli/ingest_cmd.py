@@ -86,12 +86,10 @@ def ingest(
     if "sam" not in [n.strip() for n in spaces.split(",")]:
         raise InputError("--spaces must include sam (ingest always writes SAM's vectors); e.g. sam,dinov2-b")
     if enqueue:
-        if extra:
-            raise InputError("--enqueue writes the sam space only; add the others with `samsearch embed --space`")
-        _enqueue(ctx, paths, model, options, checkpoint, as_json, quiet)
+        _enqueue(ctx, paths, model, options, checkpoint, as_json, quiet, extra)
         return
     options.execution.validate(select_device(device))  # before any download
-    from samsearch.spaces.dinov2 import load_space
+    from samsearch.spaces.models import load_space
 
     loaded = load_model(model, checkpoint=checkpoint, device=device, progress=not quiet)
     space_models = [load_space(name, device=str(loaded.device)) for name in extra]
@@ -120,20 +118,28 @@ def ingest(
 
 
 def _enqueue(ctx: typer.Context, paths: list[str], model: str, options, checkpoint: Path | None, as_json: bool,
-             quiet: bool) -> None:
+             quiet: bool, spaces: list[str]) -> None:
+    from samsearch.jobs.embed_jobs import enqueue_embed
     from samsearch.jobs.work_queue import enqueue
+    from samsearch.spaces.registry import get_space
 
+    for name in spaces:
+        get_space(name)  # an unknown space fails before anything is queued
     with cli_home(ctx) as home:
         summary = enqueue(home, paths, model, options, checkpoint=checkpoint, progress=not quiet)
+        # the other spaces: embed jobs, which workers run once the images are done
+        jobs = [enqueue_embed(home, name, options.dataset) for name in spaces]
     if as_json:
-        echo_json(summary.as_dict())
+        echo_json({**summary.as_dict(), **({"embed_jobs": jobs} if jobs else {})})
     else:
         typer.echo(
             f"enqueued {summary.enqueued} images (run {summary.run_id}); {summary.already_done} already stored, "
             f"{summary.already_queued} already queued, {summary.in_progress} in progress, "
             f"{summary.duplicates} duplicates, {summary.unreadable} unreadable"
         )
-        if summary.enqueued:
+        for job in jobs:
+            typer.echo(f"space {job['space']}: embed job {job['run_id']} (runs once the images are done)")
+        if summary.enqueued or jobs:
             typer.echo("start workers with `samsearch worker`; follow them with `samsearch queue status`")
         for f in summary.failures:
             typer.echo(f"failed: {f['path']}: {f['reason']}", err=True)

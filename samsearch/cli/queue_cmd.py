@@ -15,7 +15,8 @@ def status(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
 ) -> None:
-    """Images pending / running / done / failed, expired leases, and the workers holding leases now."""
+    """Images pending / running / done / failed, expired leases, the workers holding leases now, and the
+    queued embed jobs."""
     from samsearch.jobs.work_queue import queue_status
 
     with cli_home(ctx) as home:
@@ -30,6 +31,9 @@ def status(
                    "a worker takes them again, or `samsearch doctor --repair` re-queues them now")
     if data["running_without_lease"]:
         typer.echo(f"{data['running_without_lease']} images are running under a plain `ingest` (no lease)")
+    jobs = data["embed_jobs"]
+    if any(jobs.values()):
+        typer.echo(f"embed jobs: queued {jobs['queued']}, done {jobs['done']}, failed {jobs['failed']}")
     for owner, n in data["workers"].items():
         typer.echo(f"worker {owner}: {n} images leased")
     if len(data["datasets"]) > 1:

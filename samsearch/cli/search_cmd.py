@@ -34,19 +34,20 @@ def store_errors(fn: F) -> F:
 
 
 def _query_kind(segment: str | None, image: Path | None, bank: str | None, label: str | None,
-                prompt_options: list[str]) -> str:
+                prompt_options: list[str], text: str | None = None) -> str:
     """Which query the options ask for; InputError for none, several, or stray prompt options."""
-    given = [name for name, value in (("--segment", segment), ("--image", image), ("--bank", bank)) if value]
+    given = [name for name, value in (("--segment", segment), ("--image", image), ("--bank", bank),
+                                      ("--text", text)) if value is not None and value != []]
     if len(given) > 1:
         raise InputError(f"{' and '.join(given)} cannot be combined (one query at a time)")
     if image is None and prompt_options:
         raise InputError(f"{prompt_options[0]} needs --image FILE")
     if not given:
         raise InputError("give one query: --segment ID, --image FILE with --box/--point/--mask, "
-                         "or --label NAME --bank BANK")
+                         "--label NAME --bank BANK, or --text \"a red car\"")
     if bank and not label:
         raise InputError("--bank needs --label NAME (the class to find)")
-    return {"--segment": "segment", "--image": "image", "--bank": "label"}[given[0]]
+    return {"--segment": "segment", "--image": "image", "--bank": "label", "--text": "text"}[given[0]]
 
 
 def _table(results: Any) -> str:
@@ -89,7 +90,8 @@ def _gallery(results: Any, out: Path) -> Path:
             h.segment_id,
         ], title=f"#{h.rank}  score {h.score:.3f}"))
     title = {"segment": f"segments like {q.segment_id}", "image": f"segments like the prompt on {q.image_path}",
-             "label": f"every {q.label} (bank {q.bank})", "vector": "segments like a vector"}[q.kind]
+             "label": f"every {q.label} (bank {q.bank})", "vector": "segments like a vector",
+             "text": f"segments matching the text {q.text!r} (space {q.space})"}[q.kind]
     section = GallerySection(f"top {results.k} hits ({len(items)} shown)", items, note)
     return write_gallery(out, title, [section], query=query_item)
 
@@ -115,6 +117,9 @@ def search(
     bank: str = typer.Option(None, "--bank", metavar="BANK",
                              help="Query: the memory bank whose centroids for --label are the queries "
                                   "(\"find every car\")."),
+    text: str = typer.Option(None, "--text", metavar="TEXT",
+                             help="Query: a text (\"a red car\"), in a text-image space such as clip-b32 "
+                                  "[default space: the home's one text-image space]."),
     label: str = typer.Option(None, "--label", metavar="NAME",
                               help="With --bank: the class to find. Without: a filter, only segments labeled NAME."),
     k: int = typer.Option(10, "-k", "--limit", metavar="K", help="How many hits (at most 10000)."),
@@ -132,30 +137,38 @@ def search(
     checkpoint: Path = typer.Option(None, "--checkpoint", metavar="FILE",
                                     help="Image queries: the checkpoint file ingest used (default: the cached "
                                          "official weights)."),
-    device: str = typer.Option("auto", "--device", help="Image queries: auto, cpu, cuda, ..."),
+    device: str = typer.Option("auto", "--device", help="Image and text queries: auto, cpu, cuda, ..."),
     gallery: Path = typer.Option(None, "--gallery", metavar="OUT.html",
                                  help="Also write OUT.html: the query and each hit as a picture "
                                       "(self-contained, opens from disk)."),
     space_weights: Path = typer.Option(None, "--space-weights", metavar="DIR",
-                                       help="Image queries in a --space other than sam: a local copy of its "
-                                            "weights [default: the cached official ones]."),
+                                       help="Image queries in a --space other than sam, and text queries: a "
+                                            "local copy of the space's weights (for CLIP the hub repo's folder, "
+                                            "tokenizer included) [default: the cached official ones]."),
     space: str = typer.Option(None, "--space", metavar="NAME",
                               help="Embedding space to compare in: sam, or one added with `samsearch embed` "
-                                   "(e.g. dinov2-b) [default: sam; a --bank query: the bank's]."),
+                                   "(e.g. dinov2-b, clip-b32) [default: sam; a --bank query: the bank's; a "
+                                   "--text query: the home's text-image space]."),
     as_json: bool = typer.Option(False, "--json",
                                  help="Print the results as JSON (schema samsearch.search/v1, see README)."),
 ) -> None:
-    """Find stored segments like a query: a stored segment, an image + prompt, or a memory-bank class.
+    """Find stored segments like a query: a stored segment, an image + prompt, a memory-bank class, or a text.
 
     Prints rank, score (cosine similarity), segment id, bbox, label and image path. Filters run inside
     the vector store. `samsearch show SEGMENT_ID --out FILE.png` draws one hit.
     """
     from samsearch.search.prompt import parse_box, parse_point
-    from samsearch.search.query import SearchFilters, search_by_image, search_by_label, search_by_segment
+    from samsearch.search.query import (
+        SearchFilters,
+        search_by_image,
+        search_by_label,
+        search_by_segment,
+        search_text,
+    )
 
     prompt_options = [name for name, value in (("--box", box), ("--point", point),
                                                ("--negative-point", negative_point), ("--mask", mask)) if value]
-    kind = _query_kind(segment, image, bank, label, prompt_options)
+    kind = _query_kind(segment, image, bank, label, prompt_options, text)
     filters = SearchFilters(
         dataset=list(dataset) if dataset else None, label=None if kind == "label" else label, cluster=cluster,
         image_id=image_id, min_area=min_area, max_area=max_area, exclude_same_image=exclude_same_image,
@@ -174,6 +187,8 @@ def search(
         elif kind == "image":
             results = search_by_image(home, image, **prompt, checkpoint=checkpoint, device=device, **common,
                                       space=space or "sam", space_weights=space_weights)
+        elif kind == "text":
+            results = search_text(home, text, **common, space=space, weights=space_weights, device=device)
         else:
             results = search_by_label(home, label, bank, **common, space=space)
     if gallery is not None:

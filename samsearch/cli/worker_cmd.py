@@ -57,7 +57,8 @@ def worker(
         typer.echo(
             f"worker {summary.owner}: ingested {summary.images_ingested} images ({summary.segments} segments), "
             f"failed {summary.images_failed}, leases lost {summary.leases_lost}, given back "
-            f"{summary.images_released}, in {summary.seconds:.1f}s ({summary.stopped_by})"
+            f"{summary.images_released}, embed jobs {summary.embed_jobs} ({summary.segments_embedded} vectors), "
+            f"in {summary.seconds:.1f}s ({summary.stopped_by})"
         )
         for f in summary.failures:
             typer.echo(f"failed: {f.path}: {f.reason}", err=True)

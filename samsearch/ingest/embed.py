@@ -107,10 +107,10 @@ def _payload(row: Any, image_id: int, content_hash: str, dataset: list[str]) -> 
 
 def embed_space(home: Home, options: EmbedOptions, progress: bool = True, space_model: Any = None) -> EmbedSummary:
     """Write every stored segment's vector in ``options.space`` (see the module docstring). ``space_model``:
-    an already loaded :class:`~samsearch.spaces.dinov2.SpaceModel` (else loaded here)."""
+    an already loaded :class:`~samsearch.spaces.models.load_space` result` (else loaded here)."""
     from tqdm import tqdm
 
-    from samsearch.spaces.dinov2 import encode_images, load_space, pool_segments
+    from samsearch.spaces.models import embed_images, load_space
 
     if options.space == SAM_SPACE:
         raise InputError("the sam space is written by `samsearch ingest`; embed adds another space "
@@ -146,13 +146,13 @@ def embed_space(home: Home, options: EmbedOptions, progress: bool = True, space_
                                                 disable=not progress) as bar:
             for start in range(0, len(todo), options.batch_images):
                 batch = todo[start:start + options.batch_images]
-                _embed_batch(home, sm, coll, batch, run.id, options, summary, encode_images, pool_segments)
+                _embed_batch(home, sm, coll, batch, run.id, options, summary, embed_images)
                 bar.update(len(batch))
     return summary
 
 
 def _embed_batch(home: Home, sm: Any, coll: str, batch: Sequence[tuple[int, str, str, list[str]]], run_id: int,
-                 options: EmbedOptions, summary: EmbedSummary, encode_images: Any, pool_segments: Any) -> None:
+                 options: EmbedOptions, summary: EmbedSummary, embed_images: Any) -> None:
     """One batch of images: decode, one backbone pass, pool every mask, one upsert, then one transaction."""
     loaded: list[tuple[int, str, list[str], np.ndarray, list[Any]]] = []
     for image_id, path, content_hash, dataset in batch:
@@ -177,16 +177,16 @@ def _embed_batch(home: Home, sm: Any, coll: str, batch: Sequence[tuple[int, str,
         loaded.append((image_id, content_hash, dataset, rgb, rows))
     if not loaded:
         return
-    tokens = encode_images(sm, [item[3] for item in loaded], batch_size=options.batch_images)
+    masks = [rles_to_masks([{"size": [r.height, r.width], "counts": r.rle_counts} for r in rows]) if rows
+             else np.zeros((0, *rgb.shape[:2]), dtype=bool) for _, _, _, rgb, rows in loaded]
+    embedded = embed_images(sm, [item[3] for item in loaded], masks, batch_size=options.batch_images)
     ids: list[str] = []
     vectors: list[np.ndarray] = []
     payloads: list[dict[str, Any]] = []
     n_per_image: list[int] = []
-    for (image_id, content_hash, dataset, _, rows), tok in zip(loaded, tokens, strict=True):
+    for (image_id, content_hash, dataset, _, rows), (vecs, valid) in zip(loaded, embedded, strict=True):
         n = 0
         if rows:
-            masks = rles_to_masks([{"size": [r.height, r.width], "counts": r.rle_counts} for r in rows])
-            vecs, valid = pool_segments(tok, masks)
             vecs, valid = vecs.cpu().numpy().astype(np.float32), valid.cpu().numpy()
             summary.empty_masks += int((~valid).sum())
             for row, v, ok in zip(rows, vecs, valid, strict=True):

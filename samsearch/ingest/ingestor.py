@@ -60,7 +60,7 @@ class Ingestor:
     """Runs ingest over files with one loaded model into one home. Reusable across calls."""
 
     def __init__(self, home: Home, model: LoadedModel, options: IngestOptions, spaces: Sequence[Any] = ()):
-        """``spaces``: loaded extra embedding spaces (:func:`samsearch.spaces.dinov2.load_space`) whose
+        """``spaces``: loaded extra embedding spaces (:func:`samsearch.spaces.models.load_space`) whose
         vectors are written in the same pass (one decode, one SAM run, each backbone once per image)."""
         if options.prompts not in PROMPT_MODES:
             raise InputError(f"--prompts must be one of {', '.join(PROMPT_MODES)}, not {options.prompts!r}")

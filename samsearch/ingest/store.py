@@ -116,15 +116,15 @@ class SegmentWriter:
         ``space_embeddings`` marks, so a crash leaves nothing marked without its vectors (an image done but
         not marked is embedded by ``samsearch embed``, which ``ingest --spaces`` runs at its end)."""
         from samsearch.home import space_collection
-        from samsearch.spaces.dinov2 import encode_images, pool_segments
+        from samsearch.spaces.models import embed_images
 
         for sm in self.spaces:
-            tokens = encode_images(sm, [st.item.prepared.rgb for st in staged], batch_size=len(staged))
+            embedded = embed_images(sm, [st.item.prepared.rgb for st in staged], [st.masks for st in staged],
+                                    batch_size=len(staged))
             ids, vecs, payloads = [], [], []
-            for st, tok in zip(staged, tokens, strict=True):
+            for st, (v, ok) in zip(staged, embedded, strict=True):
                 if not st.ids:
                     continue
-                v, ok = pool_segments(tok, st.masks)
                 for sid, row, good, p in zip(st.ids, v.cpu().numpy(), ok.cpu().numpy(), st.payloads, strict=True):
                     if good:
                         ids.append(sid)

@@ -406,8 +406,10 @@ def is_drained(home: Home) -> bool:
 
 
 def queue_status(home: Home) -> dict[str, Any]:
-    """Images per status (overall and per dataset), leases in flight and expired, and the workers
-    holding leases now."""
+    """Images per status (overall and per dataset), leases in flight and expired, the workers holding
+    leases now, and the queued embed jobs (``embed_jobs``: queued / done / failed)."""
+    from samsearch.jobs.embed_jobs import embed_jobs_status
+
     with home.db.session() as s:
         now = _now(s)
         by_status = {st: 0 for st in (PENDING, RUNNING, DONE, FAILED)}
@@ -438,6 +440,7 @@ def queue_status(home: Home) -> dict[str, Any]:
         "workers": dict(sorted(workers.items())),
         "datasets": dict(sorted(datasets.items())),
         "recent_failures": errors,
+        "embed_jobs": embed_jobs_status(home),
     }
 
 

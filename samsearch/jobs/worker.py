@@ -7,6 +7,9 @@ lease. Each loop claims ``batch`` images at a time (:func:`samsearch.jobs.work_q
 to :meth:`samsearch.ingest.ingestor.Ingestor.process_claimed` with its lease owner, so a loop whose lease was
 taken over writes nothing more (``LeaseLost``).
 
+When no image is left to claim (none pending or leased), a loop runs the queued ``embed`` jobs
+(:mod:`samsearch.jobs.embed_jobs`, ``samsearch embed --space NAME --enqueue``), one at a time per process.
+
 Stopping: :meth:`Worker.stop` (the CLI calls it on SIGINT/SIGTERM) lets each loop finish the image in
 hand and gives the rest of its batch back to the queue. An error (store unreachable, database gone)
 gives back the image in hand and the rest of the batch, stops the other loops, and is raised. A worker
@@ -83,6 +86,8 @@ class WorkerSummary:
     seconds: float = 0.0
     stopped_by: str = ""  # drained | max-images | stop | error
     index_builds: int = 0  # vector index builds run while the queue was empty (not counting the last one)
+    embed_jobs: int = 0  # queued embed jobs run (done or failed)
+    segments_embedded: int = 0  # vectors those jobs wrote
     stage_seconds: dict[str, float] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
 
@@ -111,6 +116,8 @@ class Worker:
         self._errors: list[BaseException] = []
         self._bar: Any = None
         self._wrote_since_build = False  # a batch was written since the last idle index build
+        self._embed_lock = threading.Lock()  # one embed job at a time in this process
+        self._space_models: dict[str, Any] = {}  # loaded embedding spaces, reused across embed jobs
 
     def stop(self) -> None:
         """Finish the image in hand, give the rest of the batch back, and return from :meth:`run`."""
@@ -214,6 +221,27 @@ class Worker:
         with self._lock:
             self.summary.index_builds += 1
 
+    def _embed_jobs(self) -> bool:
+        """Run the queued embed jobs once no image is pending or leased; whether one ran."""
+        from samsearch.jobs.embed_jobs import run_next_embed_job
+
+        if not self._embed_lock.acquire(blocking=False):
+            return False  # another loop of this process runs one
+        ran = False
+        try:
+            while not self._stop.is_set() and is_drained(self.home):
+                done = run_next_embed_job(self.home, self.options.device, self._space_models, self.progress)
+                if done is None:
+                    break
+                ran = True
+                with self._lock:
+                    self.summary.embed_jobs += 1
+                    if done[1] is not None:
+                        self.summary.segments_embedded += done[1].segments_embedded
+        finally:
+            self._embed_lock.release()
+        return ran
+
     def _budget(self) -> int:
         """How many images this loop may claim now (``max_images`` is shared by the loops)."""
         with self._lock:
@@ -235,6 +263,8 @@ class Worker:
                 with self._lock:
                     self.summary.images_claimed += len(items)
                 if not items:
+                    if self._embed_jobs():
+                        continue
                     if opts.drain and is_drained(self.home):
                         self.summary.stopped_by = "drained"
                         return

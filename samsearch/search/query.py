@@ -1,5 +1,6 @@
-"""Find stored segments like a query: a stored segment, a vector, an image + prompt, or a memory bank's
-centroids for one class. One library call per query kind; all return :class:`SearchResults`.
+"""Find stored segments like a query: a stored segment, a vector, an image + prompt, a memory bank's
+centroids for one class, or a text (in a text-image space such as ``clip-b32``). One library call per query
+kind; all return :class:`SearchResults`.
 
 ```python
 from samsearch.home import Home
@@ -8,6 +9,7 @@ from samsearch.search.query import SearchFilters, search_by_image, search_by_seg
 with Home("~/my-home") as home:
     res = search_by_segment(home, "0b6f…", k=20, filters=SearchFilters(dataset="street"))
     res = search_by_image(home, "query.jpg", box=(10, 20, 200, 180))
+    res = search_text(home, "a red car")  # the home's text-image space (e.g. clip-b32)
     for hit in res:
         print(hit.rank, hit.score, hit.image_path, hit.bbox_xywh, hit.label)
         mask = hit.mask()  # H×W bool numpy array
@@ -23,7 +25,9 @@ JSON schema (``SearchResults.as_dict()``, what ``samsearch search --json`` print
 
     {
       "schema": "samsearch.search/v1",
-      "query": {"kind": "segment" | "image" | "vector" | "label" | "examples",
+      "query": {"kind": "segment" | "image" | "vector" | "label" | "examples" | "text",
+                "text": str | null,                # kind=text
+                "space": str | null,               # kind=text: the text-image space searched
                 "segment_id": str | null,          # kind=segment
                 "image_path": str | null,          # kind=segment (its image) or image
                 "prompt": {"box": [x0, y0, x1, y1], "points": [[x, y], ...],
@@ -159,9 +163,12 @@ class QueryInfo:
     label: str | None = None
     bank: str | None = None
     examples: dict[str, Any] | None = None  # kind=examples: positive/negative ids, strategy, diversity
+    text: str | None = None  # kind=text
+    space: str | None = None  # kind=text: the space searched
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "segment_id": self.segment_id, "image_path": self.image_path,
+        return {"kind": self.kind, "text": self.text, "space": self.space,
+                "segment_id": self.segment_id, "image_path": self.image_path,
                 "prompt": self.prompt, "predicted_iou": self.predicted_iou, "mask": self.rle,
                 "label": self.label, "bank": self.bank, "vectors": int(len(self.vectors)),
                 "examples": self.examples}
@@ -431,7 +438,7 @@ def search_by_image(
         raise InputError(f"{image}: {exc}") from None
     vector = emb.vector
     if space != SAM_SPACE:
-        from samsearch.spaces.dinov2 import embed_segments, load_space
+        from samsearch.spaces.models import embed_segments, load_space
 
         sm = load_space(space, None if space_weights is None else Path(space_weights), str(model.device))
         held = home.space(space)
@@ -459,6 +466,63 @@ def search_by_label(home: Home, label: str, bank: str, k: int = 10, filters: Sea
     _require_corpus(home, held)
     vectors = load_centroids(home, bank, label).vectors
     return _run(home, QueryInfo("label", vectors, label=label, bank=bank), k, filters, min_score, started, held)
+
+
+def text_space(home: Home, space: str | None = None) -> str:
+    """The text-image space a text query runs in: ``space`` (checked), else the home's one text space.
+    InputError when ``space`` has no text tower, when the home has none, or several and none was named."""
+    from samsearch.spaces.registry import SPACES
+
+    if space is not None:
+        if space == SAM_SPACE or (space in SPACES and not SPACES[space].text):
+            raise InputError(f"space {space!r} has no text tower: a text query needs a text-image space "
+                             f"(e.g. clip-b32); this home has {', '.join(home.spaces()) or 'none'}")
+        return space
+    names = list(home.spaces())
+    found = [n for n in names if n in SPACES and SPACES[n].text]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise InputError(f"{home.root} has no text-image space (it has {', '.join(names) or 'none'}); add one with "
+                         "`samsearch embed --space clip-b32` (or ingest --spaces sam,clip-b32)")
+    raise InputError(f"{home.root} has several text-image spaces ({', '.join(found)}): pick one with --space")
+
+
+def load_text_space(home: Home, space: str, weights: Path | str | None = None, device: str | None = None) -> Any:
+    """The space's model (text and image towers), checked against the identity of the home's vectors."""
+    from samsearch.spaces.models import load_space
+
+    held = home.space(space)
+    sm = load_space(space, None if weights is None else Path(weights), device)
+    if sm.space != held:
+        raise InputError(f"space {space!r} here holds vectors from {held.describe()}; the loaded weights are "
+                         f"{sm.space.describe()} (pass --weights with the home's copy)")
+    return sm
+
+
+def search_text(home: Home, text: str, k: int = 10, filters: SearchFilters | None = None,
+                min_score: float | None = None, space: str | None = None, space_model: Any = None,
+                weights: Path | str | None = None, device: str | None = None) -> SearchResults:
+    """Segments matching ``text`` in a text-image space: the text tower's vector against the segments' crop
+    vectors. ``space``: default the home's text-image space when it holds exactly one. ``space_model``: an
+    already loaded model of that space (a server keeps one), else loaded here (cached weights, or the local
+    copy ``weights``)."""
+    started = time.perf_counter()
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("the text query is empty")
+    name = text_space(home, space)
+    _require_corpus(home, name)
+    _check_k(k, min_score)
+    (filters or SearchFilters()).to_filter()  # bad filters fail before the model loads
+    if space_model is None:
+        space_model = load_text_space(home, name, weights, device)
+    elif space_model.spec.name != name:
+        raise InputError(f"the loaded model is space {space_model.spec.name!r}, not {name!r}")
+    from samsearch.spaces.models import embed_texts
+
+    vector = embed_texts(space_model, [text]).numpy().astype(np.float32)
+    query = QueryInfo("text", vector, text=text, space=name)
+    return _run(home, query, k, filters, min_score, started, name)
 
 
 # -- relevance feedback ------------------------------------------------------------------------------

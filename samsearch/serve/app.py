@@ -48,10 +48,13 @@ from samsearch.reports.gallery import render_crop, render_image_overlay
 from samsearch.reports.stats import collect_stats, label_counts
 from samsearch.search.query import (
     SearchFilters,
+    load_text_space,
     model_for_home,
     search_by_examples,
     search_by_image,
     search_by_segment,
+    search_text,
+    text_space,
 )
 from samsearch.search.segments import SegmentInfo, get_image, get_segment, list_segments
 from samsearch.serve.page import PAGE
@@ -228,7 +231,8 @@ _FILTER_KEYS = {"dataset", "label", "cluster", "image_id", "min_area", "max_area
 _SEARCH_KEYS = {"segment_id", "k", "min_score", "filters", "positive", "negative", "diversity", "strategy"}
 _FEEDBACK_KEYS = {"positive", "negative", "diversity", "strategy"}
 _IMAGE_KEYS = {"image", "box", "points", "negative_points", "mask", "k", "min_score", "filters"}
-_NOT_YET = {"text", "prompt", "mmr"}
+_TEXT_KEYS = {"text", "space", "k", "min_score", "filters"}
+_NOT_YET = {"prompt", "mmr"}
 
 
 def _filters(raw: Any) -> SearchFilters:
@@ -354,6 +358,17 @@ def create_app(home: Home, read_only: bool = False, token: str | None = None, *,
                                negative_points=_points(data.get("negative_points"), "negative_points"),
                                mask=mask, model=query_model(), k=k, filters=filters, min_score=min_score)
 
+    text_models: dict[str, Any] = {}  # text-image space name → its loaded model (one load per space)
+    text_lock = threading.Lock()
+
+    def text_search(text: str, space: str | None, k: int, min_score: float | None, filters: SearchFilters) -> Any:
+        name = text_space(home, space)
+        with text_lock:
+            if name not in text_models and name in home.spaces():
+                text_models[name] = load_text_space(home, name)
+        return search_text(home, text, k=k, filters=filters, min_score=min_score, space=name,
+                           space_model=text_models.get(name))
+
     def json_route(fn: Callable[..., Any]) -> Callable[[Request], Any]:
         """A handler whose work (store calls) runs in the thread pool, with errors as JSON."""
 
@@ -448,9 +463,17 @@ def create_app(home: Home, read_only: bool = False, token: str | None = None, *,
         asked = sorted(set(data) & _NOT_YET)
         if asked:
             raise HttpError(400, f"{', '.join(asked)}: not supported by this server yet "
-                                 "(search by segment_id, positive/negative examples, or image)")
+                                 "(search by segment_id, positive/negative examples, image, or text)")
         k = _typed(data, "k", int, 10)
         min_score = _typed(data, "min_score", (int, float))
+        if "text" in data:
+            _check_keys(data, _TEXT_KEYS, "the text search request")
+            text = _typed(data, "text", str)
+            if text is None:
+                raise HttpError(400, "text must be a string")
+            results = await call(text_search, text, _typed(data, "space", str), k,
+                                 None if min_score is None else float(min_score), _filters(data.get("filters")))
+            return results.as_dict()
         if "image" in data:
             _check_keys(data, _IMAGE_KEYS, "the image search request")
             results = await call(image_search, data, k, None if min_score is None else float(min_score),

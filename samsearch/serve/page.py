@@ -40,6 +40,8 @@ h2{font-size:15px;margin:4px 0 8px}
  <span>|</span><input id="label-input" placeholder="label for selected"><button id="assign">assign label</button>
  <button id="unassign">clear manual label</button>
  <button id="clear-sel">clear selection</button><button id="show-clusters">clusters</button>
+ <span>|</span><input id="text-query" placeholder="find by text: a red car" size="22">
+ <button id="text-search">find</button>
  <span id="status"></span>
 </header>
 <main>
@@ -155,7 +157,7 @@ function mark(n, id, like) {
   const mine = like ? feedback.pos : feedback.neg, other = like ? feedback.neg : feedback.pos;
   if (mine.has(id)) mine.delete(id); else { mine.add(id); other.delete(id); }
   n.classList.toggle("liked", feedback.pos.has(id)); n.classList.toggle("unliked", feedback.neg.has(id));
-  status((feedback.pos.size - 1) + " liked, " + feedback.neg.size + " unliked: refine to search again");
+  status((feedback.pos.size - (current ? 1 : 0)) + " liked, " + feedback.neg.size + " unliked: refine to search again");
 }
 function showHits(res) {
   const out = $("neighbours"); out.replaceChildren();
@@ -171,6 +173,22 @@ function showHits(res) {
     n.appendChild(fb); out.appendChild(n);
   }
   if (!res.hits.length) status("no neighbours match");
+}
+async function textSearch() {
+  const text = $("text-query").value.trim();
+  if (!text) { status("type what to look for", true); return; }
+  const filters = {exclude_same_image: false};
+  for (const f of ["dataset", "label"]) { const v = $("f-" + f).value.trim(); if (v) filters[f] = v; }
+  const c = $("f-cluster").value.trim(); if (c) filters.cluster = parseInt(c, 10);
+  for (const a of document.querySelectorAll(".tile.active")) a.classList.remove("active");
+  feedback = {pos: new Set(), neg: new Set()}; current = null; $("open-image").disabled = true;
+  $("clusters").replaceChildren(); $("image-view").replaceChildren(); $("neighbours").replaceChildren();
+  status("searching\u2026");
+  try {
+    const res = await api("/api/search", {text: text, k: 24, filters: filters});
+    $("nb-title").textContent = "segments matching " + JSON.stringify(text) + " (space " + res.query.space + ")";
+    showHits(res); if (res.hits.length) status(res.hits.length + " hits");
+  } catch (e) { status(e.message, true); }
 }
 async function refine() {
   if (!feedback.pos.size) { status("click a segment first", true); return; }
@@ -240,6 +258,8 @@ $("unassign").addEventListener("click", unassign);
 $("clear-sel").addEventListener("click", () => { selected.clear(); loadGrid(); });
 $("show-clusters").addEventListener("click", showClusters);
 $("refine").addEventListener("click", refine);
+$("text-search").addEventListener("click", textSearch);
+$("text-query").addEventListener("keydown", (ev) => { if (ev.key === "Enter") textSearch(); });
 $("open-image").addEventListener("click", showImage);
 loadGrid();
 </script></body></html>

@@ -551,8 +551,10 @@ CLI_ERRORS = [
      "Error: --segment and --bank cannot be combined (one query at a time)\n"),
     (["search", "--box", "1,2,3,4"], "Error: --box needs --image FILE\n"),
     (["search", "--bank", "shapes"], "Error: --bank needs --label NAME (the class to find)\n"),
-    (["search"], "Error: give one query: --segment ID, --image FILE with --box/--point/--mask, or --label NAME "
-                 "--bank BANK\n"),
+    (["search"], "Error: give one query: --segment ID, --image FILE with --box/--point/--mask, --label NAME "
+                 "--bank BANK, or --text \"a red car\"\n"),
+    (["search", "--text", "a red car"], "Error: {root} has no text-image space (it has sam); add one with "
+                                        "`samsearch embed --space clip-b32` (or ingest --spaces sam,clip-b32)\n"),
     (["search", "--label", "car", "--bank", "shapes"],
      "Error: memory bank 'shapes' has no class 'car' (classes: blue_square, cyan_checker, green_triangle, "
      "purple_ring, red_disc, yellow_stripes)\n"),
