@@ -164,7 +164,7 @@ class QueryInfo:
     bank: str | None = None
     examples: dict[str, Any] | None = None  # kind=examples: positive/negative ids, strategy, diversity
     text: str | None = None  # kind=text
-    space: str | None = None  # kind=text: the space searched
+    space: str | None = None  # kind=text and examples: the space searched
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "text": self.text, "space": self.space,
@@ -559,14 +559,14 @@ def mmr_order(relevance: np.ndarray, vectors: np.ndarray, k: int, diversity: flo
 
 def search_by_examples(home: Home, positive: Sequence[str], negative: Sequence[str] = (), k: int = 10,
                        filters: SearchFilters | None = None, diversity: float = 0.0,
-                       strategy: str = "best_score") -> SearchResults:
+                       strategy: str = "best_score", space: str = SAM_SPACE) -> SearchResults:
     """Relevance feedback: segments like the stored ``positive`` examples and unlike the ``negative``
     ones (the vector store's recommend query, ``strategy`` "best_score" or "sum_scores"); the examples
     are never among the hits. ``diversity`` in [0, 1] re-ranks the best ``MMR_POOL * k`` candidates by
     maximal marginal relevance (see :func:`mmr_order`) so near-duplicates do not fill the page.
-    ``exclude_same_image`` drops every segment of any positive example's image."""
+    ``exclude_same_image`` drops every segment of any positive example's image. Compared in ``space``."""
     started = time.perf_counter()
-    _require_corpus(home)
+    coll = _require_corpus(home, space)
     _check_k(k, None)
     pos, neg = list(dict.fromkeys(map(str, positive))), list(dict.fromkeys(map(str, negative)))
     if not pos:
@@ -582,11 +582,11 @@ def search_by_examples(home: Home, positive: Sequence[str], negative: Sequence[s
         raise InputError(f"diversity must lie in [0, 1], got {diversity}")
     filters = filters or SearchFilters()
     bad = [i for i in pos + neg if not _is_uuid(i)]
-    records = home.vectors.retrieve(SEGMENTS, [i for i in pos + neg if _is_uuid(i)])
+    records = home.vectors.retrieve(coll, [i for i in pos + neg if _is_uuid(i)])
     known = {r.id for r in records}
     missing = bad + [i for i in pos + neg if _is_uuid(i) and str(_uuid(i)) not in known]
     if missing:
-        if home.vectors.count(SEGMENTS) == 0:
+        if home.vectors.count(coll) == 0:
             raise _empty_corpus(home)
         raise NotFoundError(f"no segment {missing[0]!r} in {home.root}")
     by_id = {r.id: r for r in records}
@@ -599,15 +599,16 @@ def search_by_examples(home: Home, positive: Sequence[str], negative: Sequence[s
             flt = Filter(flt.must if flt else (), (*(flt.must_not if flt else ()), not_same))
     diversity = float(diversity)
     pool = int(k) if diversity == 0 else min(MAX_K, max(MMR_POOL * int(k), 50))
-    found = home.vectors.recommend(SEGMENTS, pos, neg, k=pool, flt=flt, strategy=strategy)
+    found = home.vectors.recommend(coll, pos, neg, k=pool, flt=flt, strategy=strategy)
     if diversity > 0 and len(found) > 1:
-        vecs = {r.id: r.vector for r in home.vectors.retrieve(SEGMENTS, [h.id for h in found], with_vectors=True)}
+        vecs = {r.id: r.vector for r in home.vectors.retrieve(coll, [h.id for h in found], with_vectors=True)}
         found = [h for h in found if h.id in vecs]
         order = mmr_order(np.array([h.score for h in found]), np.stack([vecs[h.id] for h in found]), int(k),
                           diversity)
         found = [found[i] for i in order]
     query = QueryInfo("examples", np.zeros((len(pos) + len(neg), 0), np.float32),
-                      examples={"positive": pos, "negative": neg, "strategy": strategy, "diversity": diversity})
+                      examples={"positive": pos, "negative": neg, "strategy": strategy, "diversity": diversity},
+                      space=space)
     return _results(home, query, found[: int(k)], k, filters, None, started)
 
 

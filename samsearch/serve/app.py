@@ -42,7 +42,7 @@ from samsearch.bank.store import list_banks
 from samsearch.cluster.naming import name_cluster
 from samsearch.data.imageio import ImageLoadError, LoadedImage, decode_image, load_image
 from samsearch.errors import EmbeddingSpaceMismatch, InputError, NotFoundError, SamsearchError, one_line
-from samsearch.home import Home
+from samsearch.home import SAM_SPACE, Home
 from samsearch.reports.clusters import cluster_report, list_runs
 from samsearch.reports.gallery import render_crop, render_image_overlay
 from samsearch.reports.stats import collect_stats, label_counts
@@ -228,7 +228,7 @@ def _typed(data: dict[str, Any], key: str, kind: type | tuple[type, ...], defaul
 
 
 _FILTER_KEYS = {"dataset", "label", "cluster", "image_id", "min_area", "max_area", "exclude_same_image"}
-_SEARCH_KEYS = {"segment_id", "k", "min_score", "filters", "positive", "negative", "diversity", "strategy"}
+_SEARCH_KEYS = {"segment_id", "k", "min_score", "filters", "positive", "negative", "diversity", "strategy", "space"}
 _FEEDBACK_KEYS = {"positive", "negative", "diversity", "strategy"}
 _IMAGE_KEYS = {"image", "box", "points", "negative_points", "mask", "k", "min_score", "filters"}
 _TEXT_KEYS = {"text", "space", "k", "min_score", "filters"}
@@ -481,6 +481,7 @@ def create_app(home: Home, read_only: bool = False, token: str | None = None, *,
             return results.as_dict()
         _check_keys(data, _SEARCH_KEYS, "the search request")
         sid = data.get("segment_id")
+        space = _typed(data, "space", str, SAM_SPACE) or SAM_SPACE  # compare in this embedding space
         if _FEEDBACK_KEYS & set(data):
             # Relevance feedback: segment_id (if any) is one more positive example.
             positive = ([sid] if isinstance(sid, str) and sid else []) + _example_ids(data, "positive")
@@ -493,12 +494,12 @@ def create_app(home: Home, read_only: bool = False, token: str | None = None, *,
             diversity = _typed(data, "diversity", (int, float), 0.0)
             results = await call(search_by_examples, home, positive, negative, k=k,
                                  filters=_filters(data.get("filters")), diversity=float(diversity),
-                                 strategy=_typed(data, "strategy", str, "best_score"))
+                                 strategy=_typed(data, "strategy", str, "best_score"), space=space)
             return results.as_dict()
         if not isinstance(sid, str) or not sid:
             raise HttpError(400, "segment_id (a string) is required")
         results = await call(search_by_segment, home, sid, k=k, filters=_filters(data.get("filters")),
-                             min_score=None if min_score is None else float(min_score))
+                             min_score=None if min_score is None else float(min_score), space=space)
         return results.as_dict()
 
     async def labels(request: Request) -> Any:

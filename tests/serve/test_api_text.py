@@ -95,3 +95,36 @@ def test_text_search_bad_requests(home, serve):
 def test_the_page_has_a_text_box(home, serve):
     page = serve(home).client.get("/").text
     assert 'id="text-query"' in page and 'id="text-search"' in page and "textSearch" in page
+
+
+def test_segment_and_feedback_search_in_another_space(home, serve):
+    """``space`` on a segment search and on relevance feedback compares in that space's collection: the
+    library's hits for that space, which differ from the sam space's."""
+    from samsearch.search.query import search_by_examples, search_by_segment
+
+    api = serve(home).client
+    ids = [h.segment_id for h in search_by_segment(home, _any_segment(home), k=6)]
+    sid = ids[0]
+    out = api.post("/api/search", json={"segment_id": sid, "k": 5, "space": SPACE}).json()
+    assert out["query"]["kind"] == "segment"
+    want = search_by_segment(home, sid, k=5, space=SPACE)
+    assert [h["segment_id"] for h in out["hits"]] == [h.segment_id for h in want]
+    assert [round(h["score"], 4) for h in out["hits"]] == [round(h.score, 4) for h in want]
+    in_sam = [h.segment_id for h in search_by_segment(home, sid, k=5)]
+    assert [h["score"] for h in out["hits"]] != [h.score for h in search_by_segment(home, sid, k=5)] or \
+        [h["segment_id"] for h in out["hits"]] != in_sam
+
+    fb = api.post("/api/search", json={"positive": ids[:2], "negative": ids[2:3], "k": 4, "space": SPACE}).json()
+    lib = search_by_examples(home, ids[:2], ids[2:3], k=4, space=SPACE)
+    assert [h["segment_id"] for h in fb["hits"]] == [h.segment_id for h in lib] and len(lib) == 4
+    assert fb["query"]["space"] == SPACE
+    assert "space" in _error(api.post("/api/search", json={"segment_id": sid, "space": "dinov2-b"}), 404)
+
+
+def _any_segment(home) -> str:
+    from sqlalchemy import select
+
+    from samsearch.db import Segment
+
+    with home.db.session() as s:
+        return s.scalars(select(Segment.id).order_by(Segment.id).limit(1)).one()
