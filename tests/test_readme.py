@@ -47,3 +47,28 @@ def test_every_python_snippet_in_the_readme_runs(tmp_path, monkeypatch):
         except Exception as exc:  # name the snippet: the traceback's file is README.md:<line>
             raise AssertionError(f"README.md snippet at line {line} failed: {exc!r}") from exc
     assert (tmp_path / "clusters.html").exists() and (tmp_path / "maps" / "legend.json").exists()
+
+
+def _cli_options() -> list[tuple[str, str]]:
+    """(command, --option) for every option of every samsearch command."""
+    from typer.main import get_command
+
+    from samsearch.cli import app
+
+    out = []
+
+    def walk(cmd, path):
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, [*path, name])
+        out.extend((" ".join(path), o) for p in cmd.params for o in getattr(p, "opts", []) if o.startswith("--"))
+
+    walk(get_command(app), [])
+    return out
+
+
+def test_every_cli_option_is_in_the_readme():
+    text = README.read_text()
+    missing = [f"{cmd} {opt}" for cmd, opt in _cli_options() if opt not in text]
+    assert not missing, f"options the README does not mention: {missing}"
+    assert ("bank build", "--from-clusters") in _cli_options()
+    assert "samsearch bank build --from-clusters RUN --name NAME" in text

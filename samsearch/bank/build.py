@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import select
 
-from samsearch.bank.store import BankInfo, create_bank, validate_bank_name
+from samsearch.bank.store import BankInfo, class_similarity, create_bank, validate_bank_name
 from samsearch.db import Bank
 from samsearch.db.runs import recorded_run
 from samsearch.errors import InputError
@@ -62,6 +62,8 @@ class BankBuildSummary:
     skip_reasons: dict[str, int] = field(default_factory=dict)
     failures: list[BuildFailure] = field(default_factory=list)
     seconds: float = 0.0
+    class_similarity: dict[str, Any] | None = None  # bank.store.class_similarity of the embedded instances
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k not in ("bank", "failures")}
@@ -168,6 +170,10 @@ def build_bank(home: Home, model: LoadedModel | None, dataset: LabeledDataset, o
         if not instances:
             raise InputError(f"{dataset.source}: no instance could be embedded "
                              f"({summary.images_failed} images failed, {summary.empty_masks_dropped} empty masks)")
+        stacked = {k: np.stack(v) for k, v in instances.items()}
+        summary.class_similarity = class_similarity(stacked)
+        if summary.class_similarity and summary.class_similarity["near_identical"]:
+            summary.warnings.append(_near_identical_warning(summary.class_similarity, options, model))
         settings = {
             "built_from": {"format": dataset.format, "annotations": str(dataset.source),
                            "images": str(dataset.images_dir)},
@@ -175,10 +181,22 @@ def build_bank(home: Home, model: LoadedModel | None, dataset: LabeledDataset, o
             "classes": list(options.classes) if options.classes else None,
             "model": model.name if model is not None else None, "run_id": run.id,
         }
-        summary.bank = create_bank(home, options.name, {k: np.stack(v) for k, v in instances.items()},
+        summary.bank = create_bank(home, options.name, stacked,
                                    per_class=options.per_class, settings=settings, sources=sources,
                                    seed=options.seed, replace=options.replace, space_name=options.space)
     return summary
+
+
+def _near_identical_warning(sim: dict[str, Any], options: BankBuildOptions, model: LoadedModel | None) -> str:
+    if options.prompts == "boxes":
+        random = model is not None and model.name == "tiny-random"
+        cause = ("the masks may cover much more than the objects ("
+                 + ("tiny-random's masks do not follow the box" if random else "boxes") + "); try --prompts masks")
+    else:
+        cause = "the classes look alike in this embedding space; try another --space (e.g. dinov2-b)"
+    return (f"instances of different classes are near-identical (mean cosine {sim['mean_cosine']:.2f} between "
+            f"class centroids, above {sim['threshold']}; closest: {sim['closest'][0]} and {sim['closest'][1]} at "
+            f"{sim['max_cosine']:.2f}): labels from this bank will be close to chance; {cause}")
 
 
 def _select(dataset: LabeledDataset, options: BankBuildOptions):
@@ -230,9 +248,11 @@ def create_bank_from_clusters(home: Home, run: str, name: str, per_class: int = 
     """A bank whose classes are the named clusters of clustering run ``run`` (``samsearch cluster name``):
     each class's instances are its members' stored vectors, so no SAM runs. Closes the loop between
     discovering classes by clustering and labeling the corpus with them."""
-    from samsearch.cluster.naming import cluster_instances, cluster_run_space
+    from samsearch.cluster.naming import cluster_instances, cluster_names, cluster_run_space
 
     instances = cluster_instances(home, run)
+    names = {str(c): label for c, label in sorted(cluster_names(home, run).items()) if label in instances}
+    built = {"clusters": run, "cluster_names": names}
     return create_bank(home, name, instances, per_class=per_class, seed=seed, replace=replace,
-                       settings={"from_clusters": run, "per_class": per_class, "seed": seed},
+                       settings={"from_clusters": run, "built_from": built, "per_class": per_class, "seed": seed},
                        space_name=cluster_run_space(home, run))

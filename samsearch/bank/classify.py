@@ -46,6 +46,7 @@ from sqlalchemy import Column, Connection, Float, MetaData, String, Table, selec
 from samsearch.bank.store import UNKNOWN, bank_space, get_bank, load_centroids
 from samsearch.db import Segment
 from samsearch.db.runs import recorded_run
+from samsearch.db.segment_ids import resolve_segment_ids
 from samsearch.errors import InputError
 from samsearch.faults import fault_point
 from samsearch.home import Home, space_collection
@@ -362,10 +363,11 @@ def _run_settings(options: LabelOptions) -> dict[str, Any]:
 
 def set_manual_labels(home: Home, segment_ids: Sequence[str], label: str) -> int:
     """A person's label for segments: SQL and payload get ``label_source = "manual"`` (no score, no bank).
-    Bulk labeling never overwrites these unless ``overwrite_manual``. Returns how many segments exist."""
+    Bulk labeling never overwrites these unless ``overwrite_manual``. Returns how many segments exist.
+    Each id may be a unique prefix (at least 4 hex digits)."""
     if not isinstance(label, str) or not label.strip() or len(label) > 200:
         raise InputError(f"a label must be a non-empty string of at most 200 characters, got {label!r}")
-    ids = list(dict.fromkeys(str(i) for i in segment_ids))
+    ids = list(dict.fromkeys(resolve_segment_ids(home.db, segment_ids, f" in {home.root}")))
     with home.db.session() as s:
         n = s.execute(update(Segment).where(Segment.id.in_(ids)).values(
             label=label, label_score=None, label_source=MANUAL, label_bank=None)).rowcount
@@ -377,7 +379,7 @@ def clear_manual_labels(home: Home, segment_ids: Sequence[str]) -> int:
     """Undo a person's labels: of ``segment_ids``, those labeled by hand (``label_source = "manual"``) become
     unlabeled again in SQL and payload (so the next ``label`` run may label them); labels written by a
     bank or a named cluster are left alone. Returns how many were cleared."""
-    ids = list(dict.fromkeys(str(i) for i in segment_ids))
+    ids = list(dict.fromkeys(resolve_segment_ids(home.db, segment_ids, f" in {home.root}")))
     if not ids:
         return 0
     with home.db.session() as s:

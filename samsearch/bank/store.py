@@ -119,12 +119,31 @@ class BankInfo:
     def n_centroids(self) -> int:
         return sum(c.n_centroids for c in self.classes)
 
+    @property
+    def source(self) -> dict[str, Any]:
+        """Where the instances came from: ``{"kind": "dataset", "format", "annotations", "images", "prompts"}``,
+        ``{"kind": "clusters", "run", "cluster_names": {cluster id: class}}`` (``bank build --from-clusters``;
+        ``cluster_names`` is None for banks made before it was recorded), or ``{"kind": "vectors"}``
+        (:func:`create_bank` with given vectors); ``rebuilt_from`` names the bank a rebuild started from."""
+        built = self.settings.get("built_from") or {}
+        run = built.get("clusters") or self.settings.get("from_clusters")
+        if run:
+            out: dict[str, Any] = {"kind": "clusters", "run": run, "cluster_names": built.get("cluster_names")}
+        elif built:
+            out = {"kind": "dataset", "format": built.get("format"), "annotations": built.get("annotations"),
+                   "images": built.get("images"), "prompts": self.settings.get("prompts")}
+        else:
+            out = {"kind": "vectors"}
+        if self.settings.get("rebuilt_from"):
+            out["rebuilt_from"] = self.settings["rebuilt_from"]
+        return out
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "model_key": self.model_key, "collection": self.collection,
             "created_at": self.created_at.isoformat() if self.created_at else None,
             "per_class": self.settings.get("per_class"), "n_classes": len(self.classes),
-            "n_instances": self.n_instances, "n_centroids": self.n_centroids,
+            "n_instances": self.n_instances, "n_centroids": self.n_centroids, "source": self.source,
             "classes": [c.__dict__ for c in self.classes], "settings": self.settings,
         }
 
@@ -153,6 +172,35 @@ def class_centroids(x: np.ndarray, per_class: int, seed: int = 0) -> tuple[np.nd
     centres, members = centres[keep], members[keep]
     norms = np.linalg.norm(centres, axis=1, keepdims=True)
     return centres / np.where(norms > 0, norms, 1), members
+
+
+# Above this mean cosine between the class centroids of a new bank, its classes look alike (``bank build``
+# warns). Measured on the synthetic shapes with tiny-random (docs/BENCHMARKS.md): --prompts masks 0.06-0.11
+# (labels 100 % right), --prompts boxes 0.82-0.97 (8 % right: the box masks cover 20-50 % of the image).
+NEAR_IDENTICAL_COSINE = 0.7
+
+
+def class_similarity(instances: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
+    """How alike a bank's classes are: the mean and the largest cosine between the centroids (the normalised
+    mean of each class's unit instances) of two different classes, the closest pair, and whether the mean is
+    above :data:`NEAR_IDENTICAL_COSINE`. None with fewer than two classes."""
+    labels = sorted(instances)
+    if len(labels) < 2:
+        return None
+    means = []
+    for label in labels:
+        x = np.asarray(instances[label], dtype=np.float64)
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        m = x.mean(axis=0)
+        means.append(m / max(float(np.linalg.norm(m)), 1e-12))
+    c = np.stack(means)
+    sims = c @ c.T
+    off = ~np.eye(len(labels), dtype=bool)
+    i, j = np.unravel_index(np.where(off, sims, -np.inf).argmax(), sims.shape)
+    mean = float(sims[off].mean())
+    return {"mean_cosine": round(mean, 4), "max_cosine": round(float(sims[i, j]), 4),
+            "closest": [labels[i], labels[j]], "threshold": NEAR_IDENTICAL_COSINE,
+            "near_identical": mean > NEAR_IDENTICAL_COSINE}
 
 
 def create_bank(

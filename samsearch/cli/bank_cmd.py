@@ -93,6 +93,8 @@ def build(
             typer.echo(f"left out {summary.without_mask} annotations without a mask (--prompts masks)")
         for f in summary.failures:
             typer.echo(f"failed: {f.path}: {f.reason}", err=True)
+    for w in summary.warnings:  # also with --json (there in "warnings"), on stderr
+        typer.echo(f"warning: {w}", err=True)
     if summary.images_failed:
         raise typer.Exit(EXIT_PARTIAL)
 
@@ -150,15 +152,25 @@ def show(
         echo_json(info.as_dict())
         return
     _print_bank(info)
-    built = info.settings.get("built_from")
-    if built:
-        typer.echo(f"built from {built['annotations']} ({built['format']}), images {built['images']}, "
-                   f"prompts {info.settings.get('prompts')}")
+    typer.echo(_describe_source(info.source))
     typer.echo(f"created {info.created_at:%Y-%m-%d %H:%M:%S}, collection {info.collection}")
     typer.echo("")
     typer.echo(f"{'class':<32} {'instances':>10} {'centroids':>10}")
     for c in info.classes:
         typer.echo(f"{c.label:<32} {c.n_instances:>10} {c.n_centroids:>10}")
+
+
+def _describe_source(src: dict) -> str:
+    if src["kind"] == "clusters":
+        names = src.get("cluster_names")
+        named = (": " + ", ".join(f"{c} -> {label}" for c, label in names.items())) if names else ""
+        line = f"built from the named clusters of clustering run {src['run']}{named}"
+    elif src["kind"] == "dataset":
+        line = (f"built from {src['annotations']} ({src['format']}), images {src['images']}, "
+                f"prompts {src['prompts']}")
+    else:
+        line = "built from given instance vectors (samsearch.create_bank)"
+    return line + (f" (rebuilt from bank {src['rebuilt_from']})" if src.get("rebuilt_from") else "")
 
 
 @bank_app.command("delete")

@@ -31,6 +31,8 @@ thousands of segments. For a million segments use `--algorithm minibatch-kmeans 
 --sample 100000`: fit on a random sample, assign every segment to its nearest centre (about a minute for
 1M segments on 2 cores, reading and writing back included; docs/BENCHMARKS.md). --sample also works with
 dbscan/hdbscan (the rest join the nearest core sample within eps / the nearest sampled segment's cluster).
+dbscan refuses to fit on more than 50,000 segments (memory: docs/BENCHMARKS.md) unless --sample or
+--allow-large.
 
 \b
 Examples:
@@ -70,6 +72,9 @@ def cluster(
                                  help="Make this run the current one (segments' cluster field and payload)."),
     space: str = typer.Option("sam", "--space", help="Cluster the vectors of this embedding space (sam, or one "
                                                      "added with `samsearch embed`)."),
+    allow_large: bool = typer.Option(False, "--allow-large",
+                                     help="dbscan: fit on more than 50,000 segments anyway (it keeps every "
+                                          "neighbour pair in memory; see --sample)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -80,7 +85,7 @@ def cluster(
     options = ClusterOptions(
         algorithm=algorithm, n_clusters=n_clusters, eps=eps, min_samples=min_samples,
         min_cluster_size=min_cluster_size, dataset=dataset, label=label, unlabeled=unlabeled, sample=sample,
-        pca=pca, seed=seed, name=name, make_current=current, space=space,
+        pca=pca, seed=seed, name=name, make_current=current, space=space, allow_large=allow_large,
     )
     options.validate()  # before opening the home: bad options never touch it
     with cli_home(ctx) as home:

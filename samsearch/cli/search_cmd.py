@@ -101,7 +101,8 @@ def _gallery(results: Any, out: Path) -> Path:
 @store_errors
 def search(
     ctx: typer.Context,
-    segment: str = typer.Option(None, "--segment", metavar="ID", help="Query: a stored segment's id."),
+    segment: str = typer.Option(None, "--segment", metavar="ID",
+                                 help="Query: a stored segment's id, or a unique prefix of it (≥ 4 hex digits)."),
     image: Path = typer.Option(
         None, "--image", metavar="FILE",
         help="Query: an image file (need not be ingested) with a prompt: --box, --point/--negative-point, "
@@ -206,7 +207,8 @@ def search(
 @store_errors
 def show(
     ctx: typer.Context,
-    segment_id: str = typer.Argument(..., help="The segment's id (as `samsearch search` prints it)."),
+    segment_id: str = typer.Argument(..., help="The segment's id (as `samsearch search` prints it), or a unique "
+                                                   "prefix of it (≥ 4 hex digits, e.g. from `cluster show`)."),
     out: Path = typer.Option(..., "--out", metavar="FILE.png", help="The PNG file to write."),
     max_side: int = typer.Option(None, "--max-side", min=16, metavar="N",
                                  help="Shrink so the longer side is at most N pixels."),

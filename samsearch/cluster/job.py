@@ -55,6 +55,10 @@ NOISE = -1
 DEFAULT_EPS = 0.1  # cosine distance; see README (Clustering) for how to pick it
 PCA_FIT_MAX = 100_000
 _NN_BLOCK = 2**24  # entries of one query×reference similarity block (64 MB of float32)
+# Most vectors DBSCAN fits on (without ``allow_large``). It keeps every neighbour pair within eps: ~1.1 GB of
+# distance chunks plus 8 bytes a pair, and k tight clusters make ~n²/k pairs. Measured (docs/BENCHMARKS.md,
+# 256-d, 6 tight clusters): 20k 1.8 GB, 40k 3.2 GB; so ~4.4 GB at 50k and ~54 GB at 200k.
+FIT_LIMITS = {"dbscan": 50_000}
 
 
 @dataclass
@@ -78,6 +82,7 @@ class ClusterOptions:
     make_current: bool = True
     read_batch: int = 4096
     space: str = SAM_SPACE  # the embedding space whose vectors are clustered
+    allow_large: bool = False  # fit DBSCAN on more than FIT_LIMITS vectors anyway
 
     def validate(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -100,6 +105,19 @@ class ClusterOptions:
             raise InputError("--label and --unlabeled exclude each other")
         if self.name is not None and not (0 < len(self.name) <= 200 and self.name.strip() == self.name):
             raise InputError(f"--name must be 1-200 characters without surrounding spaces, not {self.name!r}")
+
+    def check_fit_size(self, n: int) -> None:
+        """Refuse to fit on more vectors than :data:`FIT_LIMITS` allows (``--sample`` fits on fewer)."""
+        limit = FIT_LIMITS.get(self.algorithm)
+        fit = min(n, self.sample) if self.sample is not None else n
+        if limit is None or fit <= limit or self.allow_large:
+            return
+        what = f"a sample of {fit} segments" if fit < n else f"{n} segments"
+        raise InputError(
+            f"--algorithm {self.algorithm} on {what} is above its limit of {limit:,} (it keeps every neighbour "
+            f"pair in memory: ~4.4 GB at 50,000 segments in tight clusters, docs/BENCHMARKS.md); add --sample "
+            f"{limit} (fit on a sample, assign the rest to the nearest core sample within --eps), or "
+            "--allow-large to run it anyway")
 
     def identity(self) -> dict[str, Any]:
         """Everything that decides the result (not the run's name or whether it becomes current)."""
@@ -250,6 +268,7 @@ def fit_labels(x: np.ndarray, options: ClusterOptions, timings: dict[str, float]
 
     timings = timings if timings is not None else {}
     n = len(x)
+    options.check_fit_size(n)
     t0 = time.perf_counter()
     space = _reduce(x, options.pca, options.seed) if options.pca else x
     timings["pca"] = time.perf_counter() - t0
@@ -354,6 +373,9 @@ def run_clustering(home: Home, options: ClusterOptions, progress: bool = True) -
     name = options.run_name()
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    coll = space_collection(options.space)
+    if options.algorithm in FIT_LIMITS and home.vectors.has_collection(coll):  # refuse before reading anything
+        options.check_fit_size(home.vectors.count(coll, options.store_filter()))
     with recorded_run(home.db, "cluster", {**options.identity(), "name": name}) as job:
         t0 = time.perf_counter()
         flt = options.store_filter()

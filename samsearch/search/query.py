@@ -67,6 +67,7 @@ import numpy as np
 
 from samsearch.bank.store import bank_space, get_bank, load_centroids
 from samsearch.data.imageio import LoadedImage
+from samsearch.db.segment_ids import resolve_segment_id, resolve_segment_ids
 from samsearch.errors import EmbeddingSpaceMismatch, InputError, NotFoundError
 from samsearch.home import SAM_SPACE, SEGMENTS, Home, space_collection
 from samsearch.identity import EmbeddingSpace
@@ -319,6 +320,7 @@ def search_by_segment(home: Home, segment_id: str, k: int = 10, filters: SearchF
     is not among the hits)."""
     started = time.perf_counter()
     coll = _require_corpus(home, space)
+    segment_id = resolve_segment_id(home.db, segment_id, f" in {home.root}")  # a unique prefix is enough
     found = home.vectors.retrieve(coll, [segment_id], with_vectors=True) if _is_uuid(segment_id) else []
     if not found:
         if home.vectors.count(coll) == 0:
@@ -573,6 +575,9 @@ def search_by_examples(home: Home, positive: Sequence[str], negative: Sequence[s
         raise InputError("give at least one positive example segment")
     if len(pos) + len(neg) > MAX_EXAMPLES:
         raise InputError(f"at most {MAX_EXAMPLES} example segments, got {len(pos) + len(neg)}")
+    # unique prefixes are enough (one SQL query); full ids come back canonical
+    ids = resolve_segment_ids(home.db, pos + neg, f" in {home.root}")
+    pos, neg = list(dict.fromkeys(ids[:len(pos)])), list(dict.fromkeys(ids[len(pos):]))
     both = set(pos) & set(neg)
     if both:
         raise InputError(f"segment {sorted(both)[0]} is both a positive and a negative example")

@@ -13,6 +13,7 @@ from sqlalchemy import bindparam, select
 from samsearch.data.masks import rle_to_mask
 from samsearch.db import Image, ImageDataset, Segment
 from samsearch.db.memberships import in_dataset
+from samsearch.db.segment_ids import resolve_segment_id
 from samsearch.errors import InputError, NotFoundError
 from samsearch.home import Home
 
@@ -85,6 +86,8 @@ def _datasets(conn: Any, rows: Sequence[Any]) -> dict[int, list[str]]:
 
 
 def get_segment(home: Home, segment_id: str) -> SegmentInfo:
+    """One stored segment, by its id or a unique prefix of it (at least 4 hex digits)."""
+    segment_id = resolve_segment_id(home.db, segment_id, f" in {home.root}")
     found = fetch_segments(home, [segment_id]).get(segment_id)
     if found is None:
         raise NotFoundError(f"no segment {segment_id!r} in {home.root}")

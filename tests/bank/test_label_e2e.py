@@ -97,10 +97,15 @@ def test_coco_bank_labels_the_test_half_accurately(home_dir, splits, coco_bank):
     assert _eval_json(home_dir, splits) == report
 
 
-def test_bank_show_list_and_rebuild_via_cli(home_dir, coco_bank):
+def test_bank_show_list_and_rebuild_via_cli(home_dir, splits, coco_bank):
     shown = cli(home_dir, "bank", "show", "coco", "--json")
     info = json.loads(shown.stdout)
     assert info["settings"]["built_from"]["format"] == "coco" and info["per_class"] == 8
+    train = splits["train"]
+    assert info["source"] == {"kind": "dataset", "format": "coco", "annotations": str(train.annotations_path),
+                              "images": str(train.root), "prompts": "masks"}
+    text = cli(home_dir, "bank", "show", "coco").stdout.splitlines()
+    assert text[1] == f"built from {train.annotations_path} (coco), images {train.root}, prompts masks"
     assert info["collection"] == "bank.coco" and info["n_classes"] == 6
     rebuilt = cli(home_dir, "bank", "rebuild", "coco", "--per-class", "1", "--as", "coco-k1", "--json")
     assert rebuilt.exit_code == 0, rebuilt.output
@@ -111,6 +116,33 @@ def test_bank_show_list_and_rebuild_via_cli(home_dir, coco_bank):
     assert [line.split()[0] for line in listed.stdout.splitlines()[1:]][:2] == ["coco", "coco-k1"]
     deleted = cli(home_dir, "bank", "delete", "coco-k1")
     assert deleted.stdout == "deleted bank coco-k1 (6 classes, 6 centroids)\n"
+
+
+def test_a_bank_of_near_identical_classes_is_flagged(home_dir, splits, coco_bank):
+    """tiny-random's box masks do not follow the box (they cover 20-50 % of the image), so a boxes bank's
+    classes all look alike; bank build says so (stderr, and in --json), and a masks bank is not flagged."""
+    built, _ = coco_bank
+    assert built.exit_code == 0 and "warning" not in built.output
+    train = splits["train"]
+    boxes = cli(home_dir, "bank", "build", "--annotations", str(train.annotations_path), "--images", str(train.root),
+                "--name", "boxes", "--prompts", "boxes", "--model", "tiny-random", "--device", "cpu", "--quiet",
+                "--json")
+    assert boxes.exit_code == 0, boxes.output
+    summary = json.loads(boxes.stdout)
+    sim = summary["class_similarity"]
+    assert sim["near_identical"] and sim["mean_cosine"] > sim["threshold"] == 0.7
+    [warning] = summary["warnings"]
+    assert warning.startswith(f"instances of different classes are near-identical (mean cosine "
+                              f"{sim['mean_cosine']:.2f} between class centroids, above 0.7; closest: ")
+    assert warning.endswith("tiny-random's masks do not follow the box); try --prompts masks")
+    assert boxes.stderr == f"warning: {warning}\n"
+    masks = cli(home_dir, "bank", "build", "--annotations", str(train.annotations_path), "--images", str(train.root),
+                "--name", "masks", "--prompts", "masks", "--model", "tiny-random", "--device", "cpu", "--quiet",
+                "--json")
+    sim = json.loads(masks.stdout)["class_similarity"]
+    assert masks.stderr == "" and not sim["near_identical"] and sim["mean_cosine"] < 0.5
+    cli(home_dir, "bank", "delete", "boxes")
+    cli(home_dir, "bank", "delete", "masks")
 
 
 # -- the same split through the other readers (masks carried as YOLO polygons and BDD100K RLE) ----------------

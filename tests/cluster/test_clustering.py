@@ -434,6 +434,7 @@ def test_bank_from_named_clusters_labels_the_corpus(filled):
     from samsearch.bank.build import create_bank_from_clusters
     from samsearch.bank.classify import Classifier
     from samsearch.bank.store import load_centroids
+    from samsearch.cluster.naming import cluster_names
 
     run_clustering(filled, ClusterOptions(algorithm="kmeans", n_clusters=N_CLASSES, name="k6"), progress=False)
     got, cats = assignments(filled, "k6"), categories(filled)
@@ -442,6 +443,9 @@ def test_bank_from_named_clusters_labels_the_corpus(filled):
         name_cluster(filled, "k6", c, majority)
     info = create_bank_from_clusters(filled, "k6", "from-k6", per_class=2)
     assert info.as_dict()["name"] == "from-k6"
+    names = cluster_names(filled, "k6")
+    assert info.as_dict()["source"] == {"kind": "clusters", "run": "k6",
+                                        "cluster_names": {str(c): names[c] for c in range(N_CLASSES)}}
     cents = load_centroids(filled, "from-k6")
     clf = Classifier.from_labels(cents.labels, cents.vectors)
     stored = {r.id: r.vector for b in filled.vectors.scroll(SEGMENTS, with_vectors=True) for r in b}
@@ -456,3 +460,62 @@ def test_cli_bank_from_clusters_needs_named_clusters(cli_home):
     assert result.exit_code == 1 and result.stderr.startswith("Error: ")
     result = runner.invoke(app, ["--home", str(cli_home), "bank", "build", "--name", "b"])
     assert result.stderr == "Error: bank build needs --annotations FILE and --images DIR (or --from-clusters RUN)\n"
+
+
+def test_cli_bank_show_says_which_clusters_a_bank_came_from(cli_home):
+    h = ["--home", str(cli_home)]
+    result = runner.invoke(app, [*h, "cluster", "--algorithm", "kmeans", "--n-clusters", "4", "--name", "k4",
+                                 "--no-current", "--quiet"])
+    assert result.exit_code == 0, result.output
+    for cluster, label in ((1, "one"), (3, "three"), (0, "one")):  # two clusters may share a name
+        assert runner.invoke(app, [*h, "cluster", "name", "k4", str(cluster), label]).exit_code == 0
+    result = runner.invoke(app, [*h, "bank", "build", "--from-clusters", "k4", "--name", "from-k4", "--per-class", "2"])
+    assert result.exit_code == 0, result.output
+    shown = runner.invoke(app, [*h, "bank", "show", "from-k4"])
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout.splitlines()[1] == ("built from the named clusters of clustering run k4: 0 -> one, 1 -> one, "
+                                            "3 -> three")
+    info = json.loads(runner.invoke(app, [*h, "bank", "show", "from-k4", "--json"]).stdout)
+    assert info["source"] == {"kind": "clusters", "run": "k4", "cluster_names": {"0": "one", "1": "one", "3": "three"}}
+    assert [c["label"] for c in info["classes"]] == ["one", "three"]
+
+
+def test_dbscan_refuses_more_segments_than_its_memory_limit():
+    from samsearch.cluster.job import FIT_LIMITS
+
+    assert FIT_LIMITS["dbscan"] == 50_000
+    with pytest.raises(InputError) as info:
+        ClusterOptions(algorithm="dbscan").check_fit_size(200_000)
+    assert str(info.value) == (
+        "--algorithm dbscan on 200000 segments is above its limit of 50,000 (it keeps every neighbour pair in "
+        "memory: ~4.4 GB at 50,000 segments in tight clusters, docs/BENCHMARKS.md); add --sample 50000 (fit on a "
+        "sample, assign the rest to the nearest core sample within --eps), or --allow-large to run it anyway")
+    with pytest.raises(InputError, match="^--algorithm dbscan on a sample of 60000 segments"):
+        ClusterOptions(algorithm="dbscan", sample=60_000).check_fit_size(200_000)
+    for ok in (ClusterOptions(algorithm="dbscan", sample=50_000), ClusterOptions(algorithm="dbscan", allow_large=True),
+               ClusterOptions(algorithm="minibatch-kmeans", n_clusters=3)):
+        ok.check_fit_size(200_000)
+    ClusterOptions(algorithm="dbscan").check_fit_size(50_000)
+    assert "allow_large" not in ClusterOptions(algorithm="dbscan", allow_large=True).identity()  # same run name
+
+
+def test_cli_dbscan_over_the_limit_is_one_line_then_sample_or_allow_large(cli_home, monkeypatch):
+    import samsearch.cluster.job as job
+
+    monkeypatch.setitem(job.FIT_LIMITS, "dbscan", 20)  # the corpus here has 72 segments
+    h = ["--home", str(cli_home)]
+    base = [*h, "cluster", "--algorithm", "dbscan", "--eps", str(DBSCAN_EPS), "--min-samples", "2", "--no-current",
+            "--quiet"]
+    with Home(cli_home) as home:
+        n, runs = home.vectors.count(SEGMENTS), len(list_runs(home))
+    result = runner.invoke(app, [*base, "--name", "too-big"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"Error: --algorithm dbscan on {n} segments is above its limit of 20 (")
+    assert result.stderr.endswith("add --sample 20 (fit on a sample, assign the rest to the nearest core sample "
+                                  "within --eps), or --allow-large to run it anyway\n")
+    with Home(cli_home) as home:
+        assert len(list_runs(home)) == runs  # refused before anything was read or recorded
+    for extra in (["--sample", "20"], ["--allow-large"]):
+        result = runner.invoke(app, [*base, *extra, "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["segments"] == n

@@ -692,3 +692,93 @@ def test_examples_query_errors(corpus):
                             ({"positive": [sid], "k": 0}, "-k")):
         with pytest.raises(InputError, match=message):
             search_by_examples(corpus.home, **kwargs)
+
+
+# -- segment id prefixes (issue 12: `cluster show` prints 8 characters) ---------------------------------
+
+
+def _unique_prefix(corpus, sid, n=8):
+    prefix = sid[:n]
+    assert [i for i in corpus.category if i.startswith(prefix)] == [sid]
+    return prefix
+
+
+def test_a_unique_prefix_names_the_segment_in_every_query(corpus):
+    from samsearch.search.query import search_by_examples
+
+    sid, other = corpus.of_class("red_disc")[0], corpus.of_class("blue_square")[0]
+    prefix = _unique_prefix(corpus, sid)
+    full = search_by_segment(corpus.home, sid, k=5)
+    short = search_by_segment(corpus.home, prefix.upper(), k=5)
+    assert short.query.segment_id == sid and [h.segment_id for h in short] == [h.segment_id for h in full]
+    assert get_segment(corpus.home, prefix).segment_id == sid
+    fed = search_by_examples(corpus.home, [prefix], [_unique_prefix(corpus, other)], k=5)
+    assert fed.query.examples["positive"] == [sid] and fed.query.examples["negative"] == [other]
+    assert [h.segment_id for h in fed] == [h.segment_id for h in search_by_examples(corpus.home, [sid], [other], k=5)]
+
+
+def _missing_prefix(corpus) -> str:
+    return next(p for p in (f"{n:08x}" for n in range(0xFFFF0000, 0xFFFFFFFF))
+                if not any(i.startswith(p) for i in corpus.category))
+
+
+def test_unknown_ambiguous_and_short_prefixes_are_clear_errors(corpus):
+    from samsearch.search.query import search_by_examples
+
+    sid = corpus.of_class("red_disc")[0]
+    missing = _missing_prefix(corpus)
+    root = corpus.home.root
+    with pytest.raises(NotFoundError, match=rf"^no segment '{missing}' in {re.escape(str(root))} \(no stored id"):
+        search_by_segment(corpus.home, missing)
+    with pytest.raises(NotFoundError, match=f"no segment '{missing}'"):
+        search_by_examples(corpus.home, [sid], [missing])
+    with pytest.raises(InputError, match="'abc' is too short: give at least 4 hex digits"):
+        get_segment(corpus.home, "abc")
+    twin = sid[:8] + "-ffff-4fff-bfff-ffffffffffff"  # a second segment row sharing the first 8 characters
+    with _extra_segment_row(corpus.home, sid, twin):
+        with pytest.raises(InputError) as info:
+            search_by_segment(corpus.home, sid[:8])
+        first, second = sorted([sid, twin])
+        assert str(info.value) == (f"segment id prefix '{sid[:8]}' is ambiguous in {root}: 2 segments match "
+                                   f"({first}, {second}); give more characters")
+        assert search_by_segment(corpus.home, sid[:9] + sid[9:13], k=1).query.segment_id == sid  # longer: unique
+
+
+class _extra_segment_row:
+    """A copy of segment ``sid``'s SQL row under id ``new`` for the duration of a ``with`` block."""
+
+    def __init__(self, home, sid, new):
+        self.home, self.sid, self.new = home, sid, new
+
+    def __enter__(self):
+        with self.home.db.session() as s:
+            row = s.get(Segment, self.sid)
+            cols = {c.key: getattr(row, c.key) for c in Segment.__table__.columns}
+            s.add(Segment(**{**cols, "id": self.new, "segment_index": 10_000}))
+
+    def __exit__(self, *exc):
+        with self.home.db.session() as s:
+            s.execute(delete(Segment).where(Segment.id == self.new))
+
+
+def test_cli_takes_the_prefixes_cluster_show_prints(edge_corpus, tmp_path):
+    sid = edge_corpus.of_class("purple_ring")[0]
+    prefix = _unique_prefix(edge_corpus, sid)
+    result = _cli(edge_corpus, "search", "--segment", prefix, "-k", "3", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["query"]["segment_id"] == sid
+    out = tmp_path / "seg.png"
+    result = _cli(edge_corpus, "show", prefix, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+    missing = _missing_prefix(edge_corpus)
+    result = _cli(edge_corpus, "show", missing, "--out", str(out))
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: no segment '{missing}' in {edge_corpus.root} (no stored id starts with it)\n"
+    twin = sid[:8] + "-ffff-4fff-bfff-ffffffffffff"
+    with _extra_segment_row(edge_corpus.home, sid, twin):
+        edge_corpus.home.close()
+        result = _cli(edge_corpus, "search", "--segment", prefix)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"Error: segment id prefix '{prefix}' is ambiguous in {edge_corpus.root}: "
+                                    "2 segments match (") and result.stderr.count("\n") == 1

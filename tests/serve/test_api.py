@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from typer.testing import CliRunner
 
 from samsearch.cli import app as cli_app
@@ -528,6 +528,67 @@ def test_bad_uploads_are_400(api, home):
                        ({"image": raw, "mask": _b64(b"\x89PNG garbage")}, "mask"),
                        ({"image": 5, "box": [0, 0, 9, 9]}, "base64")):
         assert word in _error(api.post("/api/search", json=body), 400), body
+
+
+# -- segment id prefixes (issue 12) ------------------------------------------------------------------------
+
+
+def _prefix(home: Home, sid: str) -> str:
+    assert [i for i in _all_ids(home) if i.startswith(sid[:8])] == [sid]
+    return sid[:8]
+
+
+def test_routes_take_a_unique_segment_id_prefix(api, home):
+    from samsearch.search.query import search_by_examples
+
+    ids = _all_ids(home)
+    sid, pos, neg = ids[1], ids[2], ids[4]
+    seg = api.get(f"/api/segments/{_prefix(home, sid)}").json()
+    assert seg["segment_id"] == sid
+    assert api.get(f"/api/segments/{_prefix(home, sid)}/crop.png").status_code == 200
+    r = api.post("/api/search", json={"segment_id": _prefix(home, sid), "k": 3})
+    assert r.status_code == 200, r.text
+    assert r.json()["query"]["segment_id"] == sid
+    assert [h["segment_id"] for h in r.json()["hits"]] == [h.segment_id for h in search_by_segment(home, sid, k=3)]
+    r = api.post("/api/search", json={"positive": [_prefix(home, pos)], "negative": [_prefix(home, neg)], "k": 3})
+    assert r.status_code == 200, r.text
+    assert r.json()["query"]["examples"]["positive"] == [pos] and r.json()["query"]["examples"]["negative"] == [neg]
+    lib = search_by_examples(home, [pos], [neg], k=3)
+    assert [h["segment_id"] for h in r.json()["hits"]] == [h.segment_id for h in lib]
+    mine = ids[-2:]
+    r = api.post("/api/labels", json={"segment_ids": [_prefix(home, i) for i in mine], "label": "by-prefix"})
+    assert r.status_code == 200 and r.json()["labeled"] == 2, r.text
+    with home.db.session() as s:
+        assert sorted(s.execute(select(Segment.id).where(Segment.label == "by-prefix")).scalars()) == sorted(mine)
+    assert {p.payload["label"] for p in home.vectors.retrieve("segments", mine)} == {"by-prefix"}
+    r = api.request("DELETE", "/api/labels", json={"segment_ids": [_prefix(home, i) for i in mine]})
+    assert r.status_code == 200 and r.json()["cleared"] == 2, r.text
+
+
+def test_unknown_and_ambiguous_prefixes_are_404_and_400(api, home):
+    ids = _all_ids(home)
+    missing = next(p for p in (f"{n:08x}" for n in range(0xFFFF0000, 0xFFFFFFFF))
+                   if not any(i.startswith(p) for i in ids))
+    assert _error(api.get(f"/api/segments/{missing}"), 404) == f"no segment '{missing}' in {home.root} " \
+        "(no stored id starts with it)"
+    _error(api.post("/api/search", json={"segment_id": missing}), 404)
+    _error(api.post("/api/labels", json={"segment_ids": [missing], "label": "x"}), 404)
+    _error(api.get("/api/segments/abc"), 400)  # too short to be a prefix
+    sid = ids[0]
+    twin = sid[:8] + "-ffff-4fff-bfff-ffffffffffff"
+    with home.db.session() as s:  # a second row sharing sid's first 8 characters
+        row = s.get(Segment, sid)
+        s.add(Segment(**{**{c.key: getattr(row, c.key) for c in Segment.__table__.columns}, "id": twin,
+                         "segment_index": 10_000}))
+    try:
+        message = _error(api.post("/api/search", json={"segment_id": sid[:8]}), 400)
+        assert message.startswith(f"segment id prefix '{sid[:8]}' is ambiguous in {home.root}: 2 segments match (")
+        _error(api.get(f"/api/segments/{sid[:8]}"), 400)
+        _error(api.post("/api/labels", json={"segment_ids": [sid[:8]], "label": "x"}), 400)
+        assert api.get(f"/api/segments/{sid[:9]}{sid[9:12]}").json()["segment_id"] == sid
+    finally:
+        with home.db.session() as s:
+            s.execute(delete(Segment).where(Segment.id == twin))
 
 
 def test_segments_filter_by_label_score(api, home):
