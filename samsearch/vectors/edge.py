@@ -87,6 +87,7 @@ class _Collection:
     since_optimize: int  # points written since the last optimize (upper bound of unindexed ones)
     size_at_optimize: int  # points in the shard after the last optimize
     linked: frozenset[str] = frozenset()  # LINKED_AT_INGEST fields whose index has per-value links here
+    indexes_deferred: bool = False  # payload indexes dropped while a bulk_load fills it from empty
 
     def wants_optimize(self, threshold: int) -> bool:
         # Each optimize may rebuild the HNSW of everything (Qdrant merges the new segment into the
@@ -374,6 +375,8 @@ class EdgeVectorStore:
         ``upsert`` past the threshold, or ``optimize``, builds what is still unindexed."""
         with self._lock:
             self._bulk[name] = self._bulk.get(name, 0) + 1
+            if self._bulk[name] == 1:
+                self._defer_indexes(name)
         ok = False
         try:
             yield
@@ -386,19 +389,55 @@ class EdgeVectorStore:
                     del self._bulk[name]
                 if outermost and ok and self.has_collection(name):
                     self._build_after_bulk(name, report)
+                elif outermost and (coll := self._open.get(name)) is not None and coll.indexes_deferred:
+                    self._restore_indexes(name, coll)  # a failed block: filters keep their indexes
+
+    def _defer_indexes(self, name: str) -> None:
+        """A bulk load into an empty collection drops its payload indexes; the closing build (in its child
+        process) adds them back before it builds HNSW. Keeping them up to date while writing made every
+        upsert 1.75x slower and the flush, close and reopen around the build 3-6x longer (GIL held): at
+        100k points flush 1.04 s -> 0.26 s, close 0.31 -> 0.05 s. Filters inside the block still answer
+        right (by a scan of the unindexed points, which they are anyway)."""
+        if not (self.build_in_child and self.index_threshold > 0 and self.has_collection(name)):
+            return
+        coll = self._get(name)
+        with self._errors("info", name):
+            info = coll.shard.info()
+            if info.points_count:
+                return
+            for field_name in _index_schemas():
+                if field_name in info.payload_schema:
+                    coll.shard.update(qe.UpdateOperation.delete_field_index(field_name))
+        coll.indexes_deferred, coll.linked = True, frozenset()
+
+    def _restore_indexes(self, name: str, coll: _Collection) -> None:
+        """Add the payload indexes :meth:`_defer_indexes` dropped (in this process; the child build adds
+        them itself) and the links they carry."""
+        with self._errors("create_field_index", name):
+            info = coll.shard.info()
+            for field_name, schema in _index_schemas().items():
+                if field_name not in info.payload_schema:
+                    coll.shard.update(qe.UpdateOperation.create_field_index(field_name, schema))
+            coll.shard.flush()
+            info = coll.shard.info()
+        coll.linked = frozenset(f for f in LINKED_AT_INGEST if f in info.payload_schema
+                                and getattr(info.payload_schema[f].params, "enable_hnsw", False))
+        coll.indexes_deferred = False
 
     def _build_after_bulk(self, name: str, report: Callable[[str], None] | None) -> None:
         coll = self._get(name)
-        if coll.since_optimize <= 0:
-            return
         total = coll.size_at_optimize + coll.since_optimize
         # Qdrant indexes a segment from ~0.75x index_threshold points (see _config): below that an
         # optimize only merges segments, which is quick, so it runs here without a word.
         indexes = self.index_threshold > 0 and total >= self.index_threshold * 3 // 4
+        child = self.build_in_child
+        if coll.indexes_deferred and not (indexes and child and coll.since_optimize > 0):
+            self._restore_indexes(name, coll)  # no child build to add them: here (a small collection)
+        if coll.since_optimize <= 0:
+            return
         if not indexes:
             self._optimize(name, coll)
             return
-        child = self.build_in_child
         if report is not None:
             report(f"building the vector index of {name!r} ({coll.since_optimize:,} new of ~{total:,} points"
                    + ("; in a child process)" if child else "; the process is busy until it ends)"))

@@ -6,6 +6,7 @@ Expected results come from numpy brute force and from a plain-Python reading of 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -614,4 +615,50 @@ print("never", flush=True)
     assert s.index_status(COLL) == (n, n)
     top = np.argsort(-(x @ q))[:10]
     assert [h.id for h in s.search(COLL, q, k=10)][:5] == [ids[i] for i in top[:5]]
+    s.close()
+
+
+def test_edge_bulk_load_into_an_empty_collection_defers_its_payload_indexes(tmp_path):
+    """Filling an empty collection, bulk_load drops the payload indexes (keeping them current slows every
+    write and the flush/close around the build); filters still answer right inside the block, and the
+    closing build (child process) adds every index, with its links, back. A failed block adds them back
+    in this process; a small collection (no HNSW build) gets them back too."""
+    rng = np.random.default_rng(4)
+    fields = set(KEYWORD_FIELDS + INTEGER_FIELDS + FLOAT_FIELDS)
+    s = EdgeVectorStore(tmp_path / "vectors", index_threshold=500, fsync=False)
+    s.ensure_collection(COLL, DIM)
+    assert fields <= set(_edge_info(s).payload_schema)
+    ids, x = new_ids(1200), unit(rng, 1200)
+    with s.bulk_load(COLL):
+        assert not fields & set(_edge_info(s).payload_schema)
+        s.upsert(COLL, ids, x, [{"image_id": i % 10, "dataset": ["d", f"e{i % 3}"], "area": float(i)}
+                                for i in range(1200)])
+        assert s.count(COLL, Filter.of(Match("dataset", "e1"))) == 400
+        hit = s.search(COLL, x[7], k=1, flt=Filter.of(Match("image_id", 7)))[0]
+        assert hit.id == ids[7]
+    info = _edge_info(s)
+    assert fields <= set(info.payload_schema) and info.indexed_vectors_count == 1200
+    assert s.count(COLL, Filter.of(Match("dataset", "e1"))) == 400
+    assert [h.id for h in s.search(COLL, x[9], k=3, flt=Filter.of(Match("image_id", 9)))][0] == ids[9]
+    s.close()
+    reopened = EdgeVectorStore(tmp_path / "vectors", index_threshold=500, fsync=False)
+    assert reopened._get(COLL).linked  # the per-value links were built with the HNSW
+    reopened.close()
+
+    # a block that fails, and a small collection that never reaches a build: indexes back either way
+    for name, fail in (("failed", True), ("small", False)):
+        s = EdgeVectorStore(tmp_path / name, index_threshold=500, fsync=False)
+        s.ensure_collection(COLL, DIM)
+        with contextlib.suppress(RuntimeError), s.bulk_load(COLL):
+            s.upsert(COLL, new_ids(50), unit(rng, 50), [{"image_id": 1}] * 50)
+            if fail:
+                raise RuntimeError("stop")
+        assert fields <= set(_edge_info(s).payload_schema), name
+        assert s.count(COLL, Filter.of(Match("image_id", 1))) == 50
+        s.close()
+
+    # a collection that already holds points keeps its indexes through a bulk load
+    s = EdgeVectorStore(tmp_path / "vectors", index_threshold=500, fsync=False)
+    with s.bulk_load(COLL):
+        assert fields <= set(_edge_info(s).payload_schema)
     s.close()
