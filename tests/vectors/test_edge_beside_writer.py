@@ -146,7 +146,7 @@ def test_stats_search_doctor_beside_a_running_ingest_and_writes_refused(tmp_path
     _all_stored(bank_home, 4)
 
 
-def test_serve_stats_and_enqueue_beside_a_worker_writes_refused(tmp_path, bank_home):
+def test_serve_and_enqueue_beside_a_worker_writes_refused(tmp_path, bank_home):
     from starlette.testclient import TestClient
 
     from samsearch.ingest.options import IngestOptions
@@ -162,11 +162,11 @@ def test_serve_stats_and_enqueue_beside_a_worker_writes_refused(tmp_path, bank_h
     writer = _start(bank_home, "worker", "--drain", "--device", "cpu", "-q", hold=go)
     try:
         sid = _wait_for_writer(bank_home, writer)
-        others = {
-            "stats": _start(bank_home, "stats"),
+        others = {  # (stats beside a writer: the test above, and /api/stats below)
             "enqueue": _start(bank_home, "ingest", "--enqueue", str(more.root / "images"), "--prompts", "masks",
                               "--annotations", str(more.annotations_path), "--model", "tiny-random", "-q"),
             "label": _start(bank_home, "label", "--bank", "b", "-q"),
+            "repair": _start(bank_home, "doctor", "--repair", "-q"),
         }
         with Home(bank_home) as h:  # serve, in this process, beside the worker
             client = TestClient(create_app(h))
@@ -184,11 +184,10 @@ def test_serve_stats_and_enqueue_beside_a_worker_writes_refused(tmp_path, bank_h
         go.touch()
         rc, out, err = _finish(writer)
     assert rc == 0, err
-    rc, out, err = done["stats"]
-    assert rc == 0 and "segments:" in out, err
     rc, out, err = done["enqueue"]
     assert rc == 0 and "enqueued 2 images" in out, err  # SQL only: queueing work beside a worker is fine
     _one_line_refusal(done["label"], writer, "worker")
+    _one_line_refusal(done["repair"], writer, "worker")
     # the worker drained what it found; the 2 queued beside it are pending or done
     with Home(bank_home) as h, h.db.session() as s:
         assert s.scalar(select(func.count()).select_from(Segment)) == h.vectors.count(SEGMENTS) > 0
@@ -236,6 +235,25 @@ def test_a_second_store_reads_through_the_holder_and_takes_over_when_it_closes(t
     assert holder.count("c") == 40  # now through the reader
     reader.close()
     holder.close()
+
+
+def test_a_writer_waits_for_a_reader_that_holds_the_store(tmp_path):
+    """A ``stats`` that opened the store first (it holds it, reading) delays an ``ingest``, not refuses it."""
+    import threading
+
+    reader, writer = open_vector_store(tmp_path / "v"), open_vector_store(tmp_path / "v")
+    reader.ensure_collection("c", 8)
+    assert reader.count("c") == 0  # holds the store, reading
+    threading.Timer(0.5, reader.close).start()
+    t0 = time.monotonic()
+    writer.claim_writes()
+    assert 0.3 < time.monotonic() - t0 < 10
+    writer.upsert("c", *_points(3))
+    assert reader.count("c") == 3  # through the writer now
+    with pytest.raises(VectorStoreBusy, match="writes must wait"):
+        reader.claim_writes(wait_s=0.1)  # a holder that writes is not waited for
+    writer.close()
+    reader.close()
 
 
 HOLDER = """
