@@ -150,6 +150,12 @@ class Home:
         for coll in colls:
             self.vectors.set_payloads(coll, groups)
 
+    def claim_writes(self) -> None:
+        """Refuse a write job before it writes anything: VectorStoreBusy (one line, naming the process)
+        when another process holds this home's embedded vector store (``ingest``, ``worker``, ``serve``);
+        from then on this process holds it. A no-op on a Qdrant server."""
+        self.vectors.claim_writes()
+
     def meta(self, key: str) -> dict[str, Any] | None:
         with self.db.session() as s:
             row = s.get(Meta, key)

@@ -95,6 +95,7 @@ def build_bank(home: Home, model: LoadedModel | None, dataset: LabeledDataset, o
         raise InputError(f"--max-per-class must be at least 1, got {options.max_per_class}")
     if options.per_class < 1:
         raise InputError(f"--per-class must be at least 1, got {options.per_class}")
+    home.claim_writes()  # refused beside another process holding an embedded store, before any write
     if not options.replace:
         with home.db.session() as s:
             if s.execute(select(Bank.id).where(Bank.name == options.name)).first():

@@ -177,6 +177,7 @@ def label_segments(home: Home, options: LabelOptions, progress: bool = True,
     if not home.vectors.has_collection(coll):
         raise InputError(f"{home.root}: no segments stored in space {space!r} yet (run `samsearch ingest`"
                          f"{'' if coll == space_collection('sam') else f', then `samsearch embed --space {space}`'})")
+    home.claim_writes()  # refused beside another process holding an embedded store, before any write
     cents = load_centroids(home, options.bank)
     clf = Classifier.from_labels(cents.labels, cents.vectors)
     names = np.array([*clf.classes, UNKNOWN], dtype=object)  # index -1 → unknown
@@ -368,6 +369,7 @@ def set_manual_labels(home: Home, segment_ids: Sequence[str], label: str) -> int
     if not isinstance(label, str) or not label.strip() or len(label) > 200:
         raise InputError(f"a label must be a non-empty string of at most 200 characters, got {label!r}")
     ids = list(dict.fromkeys(resolve_segment_ids(home.db, segment_ids, f" in {home.root}")))
+    home.claim_writes()  # SQL and payloads change together or not at all
     with home.db.session() as s:
         n = s.execute(update(Segment).where(Segment.id.in_(ids)).values(
             label=label, label_score=None, label_source=MANUAL, label_bank=None)).rowcount
@@ -382,6 +384,7 @@ def clear_manual_labels(home: Home, segment_ids: Sequence[str]) -> int:
     ids = list(dict.fromkeys(resolve_segment_ids(home.db, segment_ids, f" in {home.root}")))
     if not ids:
         return 0
+    home.claim_writes()
     with home.db.session() as s:
         # the ids actually cleared, so that exactly those payloads change (SQL is the source of truth)
         cleared = list(s.execute(select(Segment.id).where(Segment.id.in_(ids), Segment.label_source == MANUAL))

@@ -226,6 +226,7 @@ def create_bank(
         raise InputError(f"{home.root}: the home holds no vectors in space {space_name!r} yet, so it has no "
                          "embedding space for a bank (ingest images or build the bank from a dataset first)")
     rows = _checked_instances(instances, sources, space.dim)
+    home.claim_writes()
 
     with home.db.session() as s:
         existing = s.execute(select(Bank).where(Bank.name == name)).scalar()
@@ -339,6 +340,7 @@ def get_bank(home: Home, name: str) -> BankInfo:
 def delete_bank(home: Home, name: str) -> BankInfo:
     """Remove the bank's SQL rows (one transaction), then its collection."""
     info = get_bank(home, name)
+    home.claim_writes()
     with home.db.session() as s:
         s.execute(delete(Bank).where(Bank.id == info.id))
     home.vectors.drop_collection(bank_collection(name))

@@ -91,9 +91,10 @@ def ingest(
     options.execution.validate(select_device(device))  # before any download
     from samsearch.spaces.models import load_space
 
-    loaded = load_model(model, checkpoint=checkpoint, device=device, progress=not quiet)
-    space_models = [load_space(name, device=str(loaded.device)) for name in extra]
     with cli_home(ctx) as home:
+        home.claim_writes()  # another process holding the embedded store: refused now, before the model load
+        loaded = load_model(model, checkpoint=checkpoint, device=device, progress=not quiet)
+        space_models = [load_space(name, device=str(loaded.device)) for name in extra]
         summary = Ingestor(home, loaded, options, space_models).run(paths, progress=not quiet)
         if space_models:  # images stored before without a space (skipped above) get it now
             from samsearch.ingest.embed import EmbedOptions, embed_space

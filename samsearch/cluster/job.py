@@ -370,6 +370,7 @@ def current_run_name(home: Home) -> str | None:
 def run_clustering(home: Home, options: ClusterOptions, progress: bool = True) -> ClusterSummary:
     """Library entry point of ``samsearch cluster``: cluster the selected segments under a named run."""
     options.validate()
+    home.claim_writes()  # refused beside another process holding an embedded store, before any write
     name = options.run_name()
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -412,6 +413,7 @@ def run_clustering(home: Home, options: ClusterOptions, progress: bool = True) -
 
 def use_run(home: Home, name: str, progress: bool = True) -> int:
     """Make an existing run the current one (SQL, then payloads); returns how many payloads changed."""
+    home.claim_writes()
     with home.db.session() as s:
         run = find_run(s, name)
         make_current_sql(s, run)
@@ -429,6 +431,7 @@ def use_run(home: Home, name: str, progress: bool = True) -> int:
 def delete_run(home: Home, name: str) -> int:
     """Forget a run (its cluster ids and names; labels already written stay). When it was current, the
     segments' cluster fields and payloads are cleared. Returns how many segments it held."""
+    home.claim_writes()
     with home.db.session() as s:
         run = find_run(s, name)
         run_id, was_current = run.id, bool(run.is_current)

@@ -51,6 +51,7 @@ def name_cluster(
     _check_label(label)
     if cluster == NOISE:
         raise InputError(f"cluster {NOISE} is noise, not a cluster; name one of the clusters 0..N")
+    home.claim_writes()  # SQL and payloads change together or not at all
     with home.db.session() as s:
         r = find_run(s, run)
         in_cluster = select(SegmentCluster.segment_id).where(

@@ -119,6 +119,7 @@ def embed_space(home: Home, options: EmbedOptions, progress: bool = True, space_
         raise InputError(f"--batch must be at least 1, got {options.batch_images}")
     if options.limit is not None and options.limit < 0:
         raise InputError(f"--limit must be at least 0, got {options.limit}")
+    home.claim_writes()  # before the model load and any write
     sm = space_model or load_space(options.space, options.weights, options.device)
     if sm.spec.name != options.space:
         raise InputError(f"the loaded model is space {sm.spec.name!r}, not {options.space!r}")

@@ -82,6 +82,7 @@ class Ingestor:
             except AnnotationError as exc:
                 raise InputError(str(exc)) from exc
         self.space = embedding_space(model.ref)
+        home.claim_writes()  # another process holding an embedded store: refused here, nothing written
         home.claim_embedding_space(self.space)
         self.spaces = list(spaces)
         for sm in self.spaces:

@@ -152,6 +152,12 @@ class Worker:
     # -- the loops ------------------------------------------------------------------------------------
     def run(self) -> WorkerSummary:
         lock = SingleWorkerLock(lock_path(self.home)).acquire() if needs_single_worker(self.home) else None
+        try:
+            self.home.claim_writes()  # before the first claim: an embedded store held elsewhere refuses here
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
         started = time.perf_counter()
         from tqdm import tqdm
 

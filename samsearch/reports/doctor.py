@@ -121,6 +121,8 @@ def diagnose(home: Home, repair: bool = False, progress: bool = False,
     """
     from tqdm import tqdm
 
+    if repair:
+        home.claim_writes()  # repairs write both stores: refused beside another process holding an embedded one
     report = DoctorReport(home.db.safe_url, safe_url(home.qdrant_url) if home.qdrant_url else "qdrant-edge",
                           full=full)
     _check_model(home, report)

@@ -58,7 +58,7 @@ from samsearch.search.query import (
 )
 from samsearch.search.segments import SegmentInfo, get_image, get_segment, list_segments
 from samsearch.serve.page import PAGE
-from samsearch.vectors import VectorStoreError
+from samsearch.vectors import VectorStoreBusy, VectorStoreError
 
 API_SCHEMA = "samsearch.api/v1"
 MAX_BODY = 1 << 20  # JSON bodies; no route takes more than a list of ids
@@ -88,6 +88,8 @@ def _status_for(exc: Exception) -> tuple[int, str]:
     if isinstance(exc, InputError):
         return 400, str(exc)
     if isinstance(exc, EmbeddingSpaceMismatch):
+        return 409, str(exc)
+    if isinstance(exc, VectorStoreBusy):  # another process (an ingest, a worker) holds the embedded store
         return 409, str(exc)
     if isinstance(exc, VectorStoreError):
         return 503, str(exc)

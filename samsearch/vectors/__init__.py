@@ -19,6 +19,7 @@ from samsearch.vectors.base import (
     Record,
     VectorBatch,
     VectorStore,
+    VectorStoreBusy,
     VectorStoreError,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "Record",
     "VectorBatch",
     "VectorStore",
+    "VectorStoreBusy",
     "VectorStoreError",
     "open_vector_store",
 ]
@@ -47,9 +49,10 @@ def open_vector_store(
     :class:`~samsearch.vectors.server.QdrantSettings`; default: from the ``SAMSEARCH_QDRANT_*``
     environment). Backends are imported on demand."""
     if url is None:
-        from samsearch.vectors.edge import EdgeVectorStore
+        from samsearch.vectors.embedded import EmbeddedVectorStore
 
-        return EdgeVectorStore(Path(root), index_threshold=_index_threshold_from_env())
+        # One process holds the shards; others read through it (samsearch.vectors.embedded).
+        return EmbeddedVectorStore(Path(root), index_threshold=_index_threshold_from_env())
     from samsearch.vectors.server import QdrantSettings, ServerVectorStore
 
     if url == ":memory:":

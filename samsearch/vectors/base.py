@@ -33,6 +33,15 @@ class VectorStoreError(SamsearchError, RuntimeError):
     prints it as ``Error: ...``, exit code 1)."""
 
 
+class VectorStoreBusy(VectorStoreError):
+    """Another process holds the embedded vector store this one needs (to write, or to read when the holder
+    does not answer reads); ``owner``: what is known of it (pid, command, started)."""
+
+    def __init__(self, message: str, owner: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.owner = dict(owner or {})
+
+
 @dataclass(frozen=True)
 class Match:
     """``field == value``, or ``field`` in ``values`` when a list/tuple is given."""
@@ -195,6 +204,11 @@ class VectorStore(Protocol):
         """(points, points in the vector index) of ``name``: points outside it are scanned by search."""
 
     def count(self, name: str, flt: Filter | None = None) -> int: ...
+
+    def claim_writes(self) -> None:
+        """Make sure this process may write: VectorStoreBusy (one line, naming the other process) when
+        another one holds an embedded store. Write jobs call it before their first SQL write, so that a
+        refused job changes nothing. A no-op on a Qdrant server (any number of writers)."""
 
     def close(self) -> None: ...
 

@@ -67,6 +67,7 @@ from samsearch.vectors.base import (
     Range,
     Record,
     VectorBatch,
+    VectorStoreBusy,
     VectorStoreError,
     check_examples,
     in_order,
@@ -74,6 +75,7 @@ from samsearch.vectors.base import (
     plain_value,
     unit_rows,
 )
+from samsearch.vectors.sharing import HomeLock, ReadServer, busy_error, socket_address, wait_for
 
 META_FILE = "samsearch.json"  # {"dim": ..., "distance": "cosine"}, written before the shard
 DISTANCE = "cosine"
@@ -175,7 +177,7 @@ class EdgeVectorStore:
 
     def __init__(
         self, root: Path, *, fsync: bool = True, index_threshold: int = 20_000, hnsw_ef: int | None = None,
-        exact_filter_max: int = 60_000, build_in_child: bool = True,
+        exact_filter_max: int = 60_000, build_in_child: bool = True, home_lock: bool = True,
     ) -> None:
         self.root = Path(root)
         self.build_in_child = build_in_child
@@ -189,6 +191,51 @@ class EdgeVectorStore:
         self._bulk: dict[str, int] = {}  # collection -> open bulk_load blocks (no index builds while > 0)
         self._warm_on_open: set[str] = set()  # rebuilt by a child: warm the shard when it is next opened
         self.last_child_build: dict[str, float] = {}  # seconds of the last child build's steps
+        # The root's advisory lock (samsearch.vectors.sharing), taken before any shard or meta is touched
+        # and held until close(); home_lock=False only where the holder vouches (its index-build child).
+        self.home_lock = home_lock
+        self._home = HomeLock(self.root)
+        self._reads: ReadServer | None = None  # answers other processes' reads while the lock is held
+
+    # -- the home lock -----------------------------------------------------------------------------
+    def _claim_home(self) -> None:
+        """Hold the root's lock before opening, creating or dropping a shard or writing a meta file: a
+        second process's ``EdgeShard.load`` damages the holder's open shard before qdrant-edge's own lock
+        refuses it. VectorStoreBusy, with nothing touched, when another process or store holds it."""
+        with self._lock:
+            if not self.home_lock or self._home.held:
+                return
+            if not self._home.try_acquire():
+                raise busy_error(self.root, HomeLock.read_owner(self.root))
+            self._reads = ReadServer.start(self, socket_address(self.root), self._lock)
+
+    def claim_writes(self, wait_s: float = 15.0) -> None:
+        """Hold the root's lock for writing (see VectorStore.claim_writes). A holder that only reads (a
+        ``stats`` or ``search`` that opened the store first) is waited for up to ``wait_s`` seconds."""
+        if not self.home_lock:
+            return
+        refusal: list[VectorStoreBusy] = []
+
+        def took() -> bool:
+            try:
+                self._claim_home()
+                return True
+            except VectorStoreBusy as exc:
+                if exc.owner.get("mode") == "write":
+                    raise busy_error(self.root, exc.owner) from None
+                refusal[:] = [exc]
+                return False
+
+        if not wait_for(took, wait_s):
+            raise busy_error(self.root, refusal[0].owner if refusal else {})
+        self._home.set_mode("write")
+
+    def _release_home(self) -> None:
+        with self._lock:
+            reads, self._reads = self._reads, None
+            if reads is not None:
+                reads.close()
+            self._home.release()
 
     # -- collections -----------------------------------------------------------------------------
     def _dir(self, name: str) -> Path:
@@ -232,6 +279,7 @@ class EdgeVectorStore:
 
     def ensure_collection(self, name: str, dim: int) -> None:
         with self._lock:
+            self._claim_home()
             path = self._dir(name)
             meta = self._read_meta(name)
             if meta is None:
@@ -251,6 +299,7 @@ class EdgeVectorStore:
 
     def drop_collection(self, name: str) -> None:
         with self._lock:
+            self._claim_home()
             coll = self._open.pop(name, None)
             if coll is not None:
                 with self._errors("close", name):
@@ -264,6 +313,7 @@ class EdgeVectorStore:
             coll = self._open.get(name)
             if coll is not None:
                 return coll
+            self._claim_home()
             meta = self._read_meta(name)
             if meta is None:
                 raise VectorStoreError(
@@ -718,13 +768,43 @@ class EdgeVectorStore:
             return int(self._get(name).shard.count(qe.CountRequest(exact=True, filter=to_edge_filter(flt))))
 
     def close(self) -> None:
-        """Flush and close every open shard; a later call reopens lazily."""
+        """Flush and close every open shard and release the root's lock; a later call reopens lazily."""
         with self._lock:
-            while self._open:
-                name, coll = self._open.popitem()
-                with self._errors("close", name):
-                    coll.shard.flush()
-                    coll.shard.close()
+            if self._reads is not None:
+                self._reads.stop_answering()  # a reader's next request finds the lock free
+            try:
+                while self._open:
+                    name, coll = self._open.popitem()
+                    with self._errors("close", name):
+                        coll.shard.flush()
+                        coll.shard.close()
+            finally:
+                self._release_home()
+
+    def scroll_page(
+        self, name: str, flt: Filter | None, offset: str | None, limit: int, with_vectors: bool = False,
+        payload_fields: Sequence[str] | None = None,
+    ) -> tuple[Any, str | None]:
+        """One batch of :meth:`scroll` (``payload_fields`` None: a list of Records) or of :meth:`scroll_vectors`
+        (a VectorBatch with those payload fields) from point id ``offset`` (None: the first), and the offset
+        of the next batch (None: the end): what the holder of the store serves to other processes."""
+        edge_flt = to_edge_filter(flt)
+        if payload_fields is None:
+            with_payload: Any = True
+        else:
+            with_payload = qe.PayloadSelector.Include(list(payload_fields)) if payload_fields else False
+        with self._lock, self._errors("scroll", name):
+            coll = self._get(name)
+            req = qe.ScrollRequest(offset=offset, limit=int(limit), filter=edge_flt, with_payload=with_payload,
+                                   with_vector=with_vectors or payload_fields is not None)
+            records, nxt = coll.shard.scroll(req)
+        nxt = None if nxt is None else str(nxt)
+        if payload_fields is None:
+            return [_record(r, with_vectors) for r in records], nxt
+        flat = itertools.chain.from_iterable(r.vector for r in records)
+        x = np.fromiter(flat, dtype=np.float32, count=len(records) * coll.dim).reshape(len(records), coll.dim)
+        payloads = [dict(r.payload or {}) for r in records] if payload_fields else [{} for _ in records]
+        return VectorBatch([str(r.id) for r in records], x, payloads), nxt
 
 
 def _child_optimize() -> None:
@@ -737,7 +817,8 @@ def _child_optimize() -> None:
         if os.getppid() == 1:  # the parent died before that took effect
             return
     root, name, threshold = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    store = EdgeVectorStore(Path(root), fsync=False, index_threshold=threshold)
+    # The parent holds the root's lock (and waits for this child), so this store must not take it.
+    store = EdgeVectorStore(Path(root), fsync=False, index_threshold=threshold, home_lock=False)
     store.optimize(name)
     points, indexed = store.index_status(name)
     store.close()  # flushes

@@ -602,6 +602,9 @@ class ServerVectorStore:
         with self._lock, self._errors("count", name):
             return int(self._client.count(name, count_filter=to_qdrant_filter(flt), exact=True).count)
 
+    def claim_writes(self) -> None:
+        """A Qdrant server takes any number of writers: nothing to claim."""
+
     def close(self) -> None:
         with self._lock, self._errors("close"):
             self._client.close()
