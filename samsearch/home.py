@@ -82,14 +82,24 @@ class Home:
             row = s.execute(select(Meta).where(Meta.key == "embedding_space").with_for_update()).scalar()
             if row is None:
                 s.add(Meta(key="embedding_space", value=space.as_dict()))
-            elif EmbeddingSpace.from_dict(row.value) != space:
-                held = EmbeddingSpace.from_dict(row.value)
-                raise EmbeddingSpaceMismatch(
-                    f"{self.root}: this home holds vectors from {held.describe()}; this run uses "
-                    f"{space.describe()}; vectors from different models cannot be mixed "
-                    "(use the same --model/--checkpoint, or another --home)"
-                )
+            else:
+                self._check_space(EmbeddingSpace.from_dict(row.value), space)
         self.vectors.ensure_collection(SEGMENTS, space.dim)
+
+    def check_embedding_space(self, space: EmbeddingSpace) -> None:
+        """Raise :class:`EmbeddingSpaceMismatch` (one line) now if the home holds vectors from another
+        space than ``space``; records nothing (a run checks before it loads or downloads any weights)."""
+        held = self.embedding_space()
+        if held is not None:
+            self._check_space(held, space)
+
+    def _check_space(self, held: EmbeddingSpace, space: EmbeddingSpace) -> None:
+        if held != space:
+            raise EmbeddingSpaceMismatch(
+                f"{self.root}: this home holds vectors from {held.describe()}; this run uses "
+                f"{space.describe()}; vectors from different models cannot be mixed "
+                "(use the same --model/--checkpoint, or another --home)"
+            )
 
     # -- embedding spaces: ``sam`` (the embedding_space above) plus extra ones (samsearch embed) --------
     def spaces(self) -> dict[str, EmbeddingSpace]:

@@ -5,7 +5,7 @@ from typing import Literal
 
 import typer
 
-from samsearch.cli.app import EXIT_PARTIAL, app, cli_home, echo_json, handle_errors
+from samsearch.cli.app import EXIT_PARTIAL, app, cli_home, echo_json, handle_errors, home_model
 from samsearch.errors import InputError
 
 
@@ -19,8 +19,9 @@ def ingest(
                                 help="auto: segment everything over a point grid; boxes: prompt SAM with the "
                                      "boxes of --annotations; masks: embed the annotation masks as given."),
     annotations: Path = typer.Option(None, "--annotations", help="COCO JSON for --prompts boxes|masks."),
-    model: str = typer.Option("vit_b", "--model", help="vit_b, vit_l, vit_h, or tiny-random (no semantics; "
-                                                       "for tests and offline smoke runs)."),
+    model: str = typer.Option(None, "--model", help="vit_b, vit_l, vit_h, or tiny-random (no semantics; for tests "
+                                                    "and offline smoke runs) [default: the model of the home's "
+                                                    "vectors; vit_b for a new home]."),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="Local checkpoint file (skips the download)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:1, ..."),
     points_per_side: int = typer.Option(32, "--points-per-side", min=1),
@@ -88,14 +89,17 @@ def ingest(
     if enqueue:
         if extra:
             raise InputError("--enqueue writes the sam space only; add the others with `samsearch embed --space`")
-        _enqueue(ctx, paths, model, options, checkpoint, as_json, quiet)
-        return
-    options.execution.validate(select_device(device))  # before any download
-    from samsearch.spaces.dinov2 import load_space
-
-    loaded = load_model(model, checkpoint=checkpoint, device=device, progress=not quiet)
-    space_models = [load_space(name, device=str(loaded.device)) for name in extra]
+    else:
+        options.execution.validate(select_device(device))  # before any download
     with cli_home(ctx) as home:
+        model = home_model(home, model, checkpoint)  # a model other than the home's: refused before loading
+        if enqueue:
+            _enqueue(home, paths, model, options, checkpoint, as_json, quiet)
+            return
+        from samsearch.spaces.dinov2 import load_space
+
+        loaded = load_model(model, checkpoint=checkpoint, device=device, progress=not quiet)
+        space_models = [load_space(name, device=str(loaded.device)) for name in extra]
         summary = Ingestor(home, loaded, options, space_models).run(paths, progress=not quiet)
         if space_models:  # images stored before without a space (skipped above) get it now
             from samsearch.ingest.embed import EmbedOptions, embed_space
@@ -119,12 +123,11 @@ def ingest(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def _enqueue(ctx: typer.Context, paths: list[str], model: str, options, checkpoint: Path | None, as_json: bool,
+def _enqueue(home, paths: list[str], model: str, options, checkpoint: Path | None, as_json: bool,
              quiet: bool) -> None:
     from samsearch.jobs.work_queue import enqueue
 
-    with cli_home(ctx) as home:
-        summary = enqueue(home, paths, model, options, checkpoint=checkpoint, progress=not quiet)
+    summary = enqueue(home, paths, model, options, checkpoint=checkpoint, progress=not quiet)
     if as_json:
         echo_json(summary.as_dict())
     else:
