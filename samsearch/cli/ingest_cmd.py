@@ -117,6 +117,14 @@ def ingest(
         )
         if summary.images_without_annotations:
             typer.echo(f"{summary.images_without_annotations} images had no entry in {annotations}")
+        if summary.annotations_skipped:
+            kinds = ", ".join(f"{k}: {v}" for k, v in summary.annotations_skipped.items())
+            typer.echo(f"left out {sum(summary.annotations_skipped.values())} annotations of {annotations} "
+                       f"({kinds})")
+        if summary.empty_masks_dropped:
+            typer.echo(f"dropped {summary.empty_masks_dropped} empty masks")
+        for note in summary.notes:
+            typer.echo(note)
         for f in summary.failures:
             typer.echo(f"failed: {f.path}: {f.reason}", err=True)
     if summary.images_failed:

@@ -96,6 +96,7 @@ class SegmentWriter:
             st.item.timings["sql"] += time.perf_counter() - t0
             st.item.summary.images_ingested += 1
             st.item.summary.segments += len(st.rows)
+            st.item.summary.images_without_segments += not st.rows
 
     def _stage(self, item: StoreItem, datasets: list[str]) -> _Staged:
         t0 = time.perf_counter()

@@ -44,6 +44,9 @@ class Segments:
     prompts: list[dict[str, Any] | None]
     annotation_ids: list[int | None]
     categories: list[str | None]
+    # Automatic masks only: the candidates (3 per grid point) and how many each filter step removed.
+    candidates: int = 0
+    filtered: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         n = int(self.masks.shape[0])
@@ -62,7 +65,7 @@ class Segments:
         n = len(gen)
         return cls(gen.masks, gen.boxes_xyxy.cpu().numpy(), gen.predicted_iou.cpu().tolist(),
                    gen.stability_score.cpu().tolist(), [{"point": _round(p)} for p in gen.points.cpu().tolist()],
-                   [None] * n, [None] * n)
+                   [None] * n, [None] * n, gen.candidates, dict(gen.filtered))
 
     @classmethod
     def from_auto(cls, sam: Sam, enc: EncodedImage, amg: AmgSettings, exact: bool = False,
