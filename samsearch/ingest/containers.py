@@ -12,6 +12,7 @@ import torch
 
 from samsearch.data.coco import AnnotatedImage
 from samsearch.errors import SamsearchError
+from samsearch.sam.lazymasks import LazyMasks
 from samsearch.sam.segment import Segments
 
 
@@ -89,10 +90,11 @@ class ComputedImage:
     seg: Segments
     vectors: torch.Tensor  # (N, C) float32
     valid: torch.Tensor  # (N,) bool
-    host_masks: torch.Tensor | None = None  # set when a copy to host memory was started early
+    host_masks: torch.Tensor | None = None  # set when a copy to host memory was started early (not for LazyMasks)
     ready: Any = None  # CUDA event the early copy completes at
 
-    def masks_host(self) -> torch.Tensor:
+    def masks_host(self) -> torch.Tensor | LazyMasks:
+        """The masks in host memory (LazyMasks: made a slice at a time as they are read)."""
         if self.ready is not None:
             self.ready.synchronize()
         return self.host_masks if self.host_masks is not None else self.seg.masks.cpu()

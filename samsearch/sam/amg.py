@@ -38,6 +38,7 @@ from torchvision.ops.boxes import batched_nms
 
 from samsearch.sam.decoder import PromptDecoder
 from samsearch.sam.encoder import EncodedImage, resize_transform
+from samsearch.sam.lazymasks import LazyMasks, masks_of
 from samsearch.sam.logits import LogitUpsampler
 
 
@@ -70,7 +71,7 @@ FILTER_STAGES: tuple[str, ...] = ("pred_iou_thresh", "stability_score_thresh", "
 
 @dataclass
 class GeneratedMasks:
-    masks: torch.Tensor  # (N, H, W) bool, on the model's device
+    masks: torch.Tensor | LazyMasks  # (N, H, W) bool, on the model's device (LazyMasks: many large ones)
     boxes_xyxy: torch.Tensor  # (N, 4) float
     predicted_iou: torch.Tensor  # (N,)
     stability_score: torch.Tensor  # (N,)
@@ -249,9 +250,15 @@ def generate_masks(sam: Sam, enc: EncodedImage, settings: AmgSettings, exact: bo
     t1 = time.perf_counter()
 
     # Final masks: upsample only the survivors.
-    masks = torch.empty((len(iou), h, w), dtype=torch.bool, device=dev)
-    for s in range(0, len(iou), step):
-        masks[s:s + step] = upsample(low_res[s:s + step]) > thr
+    @torch.no_grad()
+    def make(start: int, stop: int) -> torch.Tensor:
+        out = torch.empty((stop - start, h, w), dtype=torch.bool, device=dev)
+        for s in range(start, stop, step):
+            out[s - start:s - start + step] = upsample(low_res[s:min(s + step, stop)]) > thr
+        return out
+
+    # Many large final masks are upsampled when read, a slice at a time (hole/island removal needs them all).
+    masks = masks_of(len(iou), h, w, dev, make, lazy=settings.min_mask_region_area == 0)
     if settings.min_mask_region_area > 0 and len(masks):
         keep, new_masks, new_boxes = _postprocess_small_regions(
             masks, boxes, settings.min_mask_region_area, settings.box_nms_thresh
