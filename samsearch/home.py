@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from samsearch.db import Database, Meta, default_sqlite_url, open_database
+from samsearch.db.engine import DatabaseError, sqlite_file
 from samsearch.errors import EmbeddingSpaceMismatch, NotFoundError
 from samsearch.identity import EmbeddingSpace
 from samsearch.vectors import VectorStore, open_vector_store
@@ -48,16 +49,26 @@ class Home:
         self.root = Path(root).expanduser() if root is not None else default_home()
         self.root.mkdir(parents=True, exist_ok=True)
         url = database_url or os.environ.get("SAMSEARCH_DATABASE_URL") or default_sqlite_url(self.root)
-        self.db: Database = open_database(url)
         self.qdrant_url = qdrant_url or os.environ.get("SAMSEARCH_QDRANT_URL") or None
         api_key = qdrant_api_key or os.environ.get("SAMSEARCH_QDRANT_API_KEY") or None
+        emptied = _zero_length_sqlite(url)
+        if emptied is None:
+            self.db: Database = open_database(url)
         try:
             # qdrant_settings: a QdrantSettings; default: SAMSEARCH_QDRANT_* (shards, replication, on-disk, ...)
             self.vectors: VectorStore = open_vector_store(self.root / "vectors", self.qdrant_url, api_key,
                                                           qdrant_settings)
         except BaseException:
-            self.db.dispose()
+            if emptied is None:
+                self.db.dispose()
             raise
+        if emptied is not None:
+            try:
+                _refuse_beside_vectors(emptied, self.vectors)
+                self.db = open_database(url)
+            except BaseException:
+                self.vectors.close()
+                raise
 
     # -- embedding space -------------------------------------------------------------------------
     def embedding_space(self) -> EmbeddingSpace | None:
@@ -71,14 +82,24 @@ class Home:
             row = s.execute(select(Meta).where(Meta.key == "embedding_space").with_for_update()).scalar()
             if row is None:
                 s.add(Meta(key="embedding_space", value=space.as_dict()))
-            elif EmbeddingSpace.from_dict(row.value) != space:
-                held = EmbeddingSpace.from_dict(row.value)
-                raise EmbeddingSpaceMismatch(
-                    f"{self.root}: this home holds vectors from {held.describe()}; this run uses "
-                    f"{space.describe()}; vectors from different models cannot be mixed "
-                    "(use the same --model/--checkpoint, or another --home)"
-                )
+            else:
+                self._check_space(EmbeddingSpace.from_dict(row.value), space)
         self.vectors.ensure_collection(SEGMENTS, space.dim)
+
+    def check_embedding_space(self, space: EmbeddingSpace) -> None:
+        """Raise :class:`EmbeddingSpaceMismatch` (one line) now if the home holds vectors from another
+        space than ``space``; records nothing (a run checks before it loads or downloads any weights)."""
+        held = self.embedding_space()
+        if held is not None:
+            self._check_space(held, space)
+
+    def _check_space(self, held: EmbeddingSpace, space: EmbeddingSpace) -> None:
+        if held != space:
+            raise EmbeddingSpaceMismatch(
+                f"{self.root}: this home holds vectors from {held.describe()}; this run uses "
+                f"{space.describe()}; vectors from different models cannot be mixed "
+                "(use the same --model/--checkpoint, or another --home)"
+            )
 
     # -- embedding spaces: ``sam`` (the embedding_space above) plus extra ones (samsearch embed) --------
     def spaces(self) -> dict[str, EmbeddingSpace]:
@@ -170,6 +191,25 @@ class Home:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _zero_length_sqlite(url: str) -> Path | None:
+    """The SQLite file of ``url`` when it exists and is empty (zero bytes), else None."""
+    path = sqlite_file(url)
+    try:
+        return path if path is not None and path.stat().st_size == 0 else None
+    except OSError:
+        return None  # no file yet: a new home (or an error the database open reports)
+
+
+def _refuse_beside_vectors(path: Path, vectors: VectorStore) -> None:
+    """A zero-length SQLite file would become a new empty database and every stored vector would look
+    orphaned (``doctor --repair`` would delete them): refuse unless the vector store is empty too."""
+    if vectors.has_collection(SEGMENTS) and (n := vectors.count(SEGMENTS)) > 0:
+        raise DatabaseError(
+            f"{path}: the SQLite database is an empty (zero-length) file, but the vector store holds {n} "
+            "segment vectors; refusing to start an empty database beside them (restore the database from a "
+            "backup, or delete the file and the vectors folder to start over)")
 
 
 def open_home(root: Path | str | None = None, **kwargs: Any) -> Home:

@@ -72,6 +72,19 @@ def cli_home(ctx: typer.Context) -> Iterator[Any]:
         yield home
 
 
+def home_model(home: Any, model: str | None, checkpoint: Path | None = None) -> str:
+    """The SAM model a command runs: ``--model``, else the model of the home's vectors (``vit_b`` for a
+    new home). A model other than the home's is refused here, before any weights are loaded or
+    downloaded."""
+    from samsearch.sam.models import model_ref
+    from samsearch.sam.pooling import embedding_space
+
+    held = home.embedding_space()
+    name = model or (held.model if held is not None else "vit_b")
+    home.check_embedding_space(embedding_space(model_ref(name, checkpoint)))
+    return name
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 

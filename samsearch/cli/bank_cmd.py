@@ -7,7 +7,7 @@ from typing import Literal
 
 import typer
 
-from samsearch.cli.app import EXIT_PARTIAL, app, cli_home, echo_json, handle_errors
+from samsearch.cli.app import EXIT_PARTIAL, app, cli_home, echo_json, handle_errors, home_model
 from samsearch.errors import InputError
 
 bank_app = typer.Typer(help="Memory banks: per-class centroids of labeled instances, for `samsearch label`.",
@@ -40,8 +40,8 @@ def build(
     max_per_class: int = typer.Option(None, "--max-per-class", min=1,
                                       help="Embed at most N instances per class (a seeded random choice)."),
     classes: str = typer.Option(None, "--classes", help="Only these classes, comma-separated."),
-    model: str = typer.Option("vit_b", "--model", help="vit_b, vit_l, vit_h or tiny-random; must be the "
-                                                       "model of the home's vectors."),
+    model: str = typer.Option(None, "--model", help="vit_b, vit_l, vit_h or tiny-random; must be the model of the "
+                                                    "home's vectors [default: that model; vit_b for a new home]."),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="Local checkpoint file (skips the download)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, ..."),
     seed: int = typer.Option(0, "--seed", help="Seed of KMeans and of --max-per-class sampling."),
@@ -75,10 +75,13 @@ def build(
     dataset = read_dataset(annotations, images, fmt)
     # Another space with the annotations' own masks needs no SAM at all.
     needs_sam = space == "sam" or prompts == "boxes"
-    loaded = load_model(model, checkpoint=checkpoint, device=device, progress=not quiet) if needs_sam else None
     options = BankBuildOptions(name=name, per_class=per_class, prompts=prompts, max_per_class=max_per_class,
                                classes=wanted, seed=seed, replace=replace, space=space, weights=weights)
     with cli_home(ctx) as home:
+        loaded = None
+        if needs_sam:  # a model other than the home's is refused before any weights are loaded
+            loaded = load_model(home_model(home, model, checkpoint), checkpoint=checkpoint, device=device,
+                                progress=not quiet)
         summary = build_bank(home, loaded, dataset, options, progress=not quiet)
     if as_json:
         echo_json(summary.as_dict())

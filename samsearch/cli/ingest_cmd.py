@@ -5,7 +5,7 @@ from typing import Literal
 
 import typer
 
-from samsearch.cli.app import EXIT_PARTIAL, app, cli_home, echo_json, handle_errors
+from samsearch.cli.app import EXIT_PARTIAL, app, cli_home, echo_json, handle_errors, home_model
 from samsearch.errors import InputError
 
 
@@ -19,8 +19,9 @@ def ingest(
                                 help="auto: segment everything over a point grid; boxes: prompt SAM with the "
                                      "boxes of --annotations; masks: embed the annotation masks as given."),
     annotations: Path = typer.Option(None, "--annotations", help="COCO JSON for --prompts boxes|masks."),
-    model: str = typer.Option("vit_b", "--model", help="vit_b, vit_l, vit_h, or tiny-random (no semantics; "
-                                                       "for tests and offline smoke runs)."),
+    model: str = typer.Option(None, "--model", help="vit_b, vit_l, vit_h, or tiny-random (no semantics; for tests "
+                                                    "and offline smoke runs) [default: the model of the home's "
+                                                    "vectors; vit_b for a new home]."),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="Local checkpoint file (skips the download)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:1, ..."),
     points_per_side: int = typer.Option(32, "--points-per-side", min=1),
@@ -85,13 +86,15 @@ def ingest(
     extra = [n.strip() for n in spaces.split(",") if n.strip() and n.strip() != "sam"]
     if "sam" not in [n.strip() for n in spaces.split(",")]:
         raise InputError("--spaces must include sam (ingest always writes SAM's vectors); e.g. sam,dinov2-b")
-    if enqueue:
-        _enqueue(ctx, paths, model, options, checkpoint, as_json, quiet, extra)
-        return
-    options.execution.validate(select_device(device))  # before any download
+    if not enqueue:  # enqueue is SQL only: no device, no model load
+        options.execution.validate(select_device(device))  # before any download
     from samsearch.spaces.models import load_space
 
     with cli_home(ctx) as home:
+        model = home_model(home, model, checkpoint)  # a model other than the home's: refused before loading
+        if enqueue:
+            _enqueue(home, paths, model, options, checkpoint, as_json, quiet, extra)
+            return
         home.claim_writes()  # another process holding the embedded store: refused now, before the model load
         loaded = load_model(model, checkpoint=checkpoint, device=device, progress=not quiet)
         space_models = [load_space(name, device=str(loaded.device)) for name in extra]
@@ -112,13 +115,21 @@ def ingest(
         )
         if summary.images_without_annotations:
             typer.echo(f"{summary.images_without_annotations} images had no entry in {annotations}")
+        if summary.annotations_skipped:
+            kinds = ", ".join(f"{k}: {v}" for k, v in summary.annotations_skipped.items())
+            typer.echo(f"left out {sum(summary.annotations_skipped.values())} annotations of {annotations} "
+                       f"({kinds})")
+        if summary.empty_masks_dropped:
+            typer.echo(f"dropped {summary.empty_masks_dropped} empty masks")
+        for note in summary.notes:
+            typer.echo(note)
         for f in summary.failures:
             typer.echo(f"failed: {f.path}: {f.reason}", err=True)
     if summary.images_failed:
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def _enqueue(ctx: typer.Context, paths: list[str], model: str, options, checkpoint: Path | None, as_json: bool,
+def _enqueue(home, paths: list[str], model: str, options, checkpoint: Path | None, as_json: bool,
              quiet: bool, spaces: list[str]) -> None:
     from samsearch.jobs.embed_jobs import enqueue_embed
     from samsearch.jobs.work_queue import enqueue
@@ -126,10 +137,9 @@ def _enqueue(ctx: typer.Context, paths: list[str], model: str, options, checkpoi
 
     for name in spaces:
         get_space(name)  # an unknown space fails before anything is queued
-    with cli_home(ctx) as home:
-        summary = enqueue(home, paths, model, options, checkpoint=checkpoint, progress=not quiet)
-        # the other spaces: embed jobs, which workers run once the images are done
-        jobs = [enqueue_embed(home, name, options.dataset) for name in spaces]
+    summary = enqueue(home, paths, model, options, checkpoint=checkpoint, progress=not quiet)
+    # the other spaces: embed jobs, which workers run once the images are done
+    jobs = [enqueue_embed(home, name, options.dataset) for name in spaces]
     if as_json:
         echo_json({**summary.as_dict(), **({"embed_jobs": jobs} if jobs else {})})
     else:

@@ -4,8 +4,10 @@
 one-line ``"{path}: {reason}"`` message for anything that would make the data ambiguous: invalid JSON,
 missing or mistyped keys, duplicate ids, annotations pointing at unknown images or categories.
 
-Boxes that carry no usable region are not errors: an annotation whose box has ``w <= 0`` or ``h <= 0``, or
-lies entirely outside its image, is left out and listed in ``CocoAnnotations.skipped`` with the reason.
+Boxes that carry no usable region are not errors: an annotation whose box has ``w <= 0`` or ``h <= 0``, a NaN
+(JSON ``NaN``) anywhere, or lies entirely outside its image, is left out and listed in
+``CocoAnnotations.skipped`` with the reason, and counted per kind in its image's ``AnnotatedImage.skipped``
+(what an ingest run reports).
 Boxes partly outside the image are clipped to it. Segmentations are checked for type only here;
 :func:`samsearch.data.masks.annotation_to_mask` validates and rasterises them. An empty segmentation (``[]``)
 is stored as ``None``.
@@ -34,6 +36,10 @@ class AnnotationError(ValueError):
         return f"{self.path}: {self.reason}"
 
 
+# Why an annotation of an image is left out (AnnotatedImage.skipped keys).
+SKIP_KINDS: tuple[str, ...] = ("NaN box", "zero-size box", "negative-size box", "box outside the image")
+
+
 @dataclass(frozen=True)
 class Category:
     id: int
@@ -59,6 +65,7 @@ class AnnotatedImage:
     width: int
     height: int
     annotations: list[ObjectAnnotation] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # annotations left out, per kind (SKIP_KINDS)
 
 
 @dataclass
@@ -223,18 +230,24 @@ class _Loader:
         if "bbox" not in raw:
             raise self.fail(f"{where}: missing key 'bbox'")
         bbox = raw["bbox"]
+        nan = isinstance(bbox, list) and len(bbox) == 4 and any(isinstance(v, float) and math.isnan(v) for v in bbox)
         if (
             not isinstance(bbox, list)
             or len(bbox) != 4
-            or not all(_is_finite(v) for v in bbox)
+            or not all(_is_finite(v) or (isinstance(v, float) and math.isnan(v)) for v in bbox)
         ):
             raise self.fail(f"{where}: 'bbox' must be 4 finite numbers [x, y, width, height], got {_short_repr(bbox)}")
         x, y, w, h = (float(v) for v in bbox)
-        if w <= 0 or h <= 0:
-            skipped.append((aid, f"box has no area (width {w:g}, height {h:g})"))
+        kind = ("NaN box" if nan else "negative-size box" if w < 0 or h < 0
+                else "zero-size box" if w == 0 or h == 0 else None)
+        if kind is not None:
+            reason = "box has NaN values" if nan else "box has no area"
+            skipped.append((aid, f"{reason} (width {w:g}, height {h:g})"))
+            image.skipped[kind] = image.skipped.get(kind, 0) + 1
             return None
         if x >= image.width or y >= image.height or x + w <= 0 or y + h <= 0:
             skipped.append((aid, f"box lies entirely outside the {image.width}×{image.height} image"))
+            image.skipped["box outside the image"] = image.skipped.get("box outside the image", 0) + 1
             return None
         x1, y1 = max(x, 0.0), max(y, 0.0)
         x2, y2 = min(x + w, float(image.width)), min(y + h, float(image.height))

@@ -44,7 +44,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from samsearch.errors import InputError
+
 DEFAULT_MAX_PIXELS = 200_000_000
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024  # image files above this are not read (SAMSEARCH_MAX_IMAGE_BYTES)
+MAX_BYTES_ENV = "SAMSEARCH_MAX_IMAGE_BYTES"
 
 # Lower-case suffixes picked up when walking folders and expanding globs.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -132,20 +136,49 @@ def not_a_regular_file(mode: int) -> str | None:
     return f"unreadable: {kind}, not a regular file"
 
 
-def read_bytes_and_hash(path: str | os.PathLike[str]) -> tuple[bytes, str]:
+def max_image_bytes() -> int:
+    """The byte cap on image files: ``SAMSEARCH_MAX_IMAGE_BYTES`` (bytes), else 512 MiB."""
+    raw = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise InputError(f"{MAX_BYTES_ENV} must be a positive number of bytes, got {raw!r}")
+    return value
+
+
+def too_many_bytes(size: int, max_bytes: int) -> str | None:
+    """Why a file of ``size`` bytes is not read (over the cap), or None."""
+    if size <= max_bytes:
+        return None
+    return (f"file too large: {size} bytes exceeds the limit of {max_bytes} bytes ({MAX_BYTES_ENV}; "
+            "not read)")
+
+
+def read_bytes_and_hash(path: str | os.PathLike[str], max_bytes: int | None = None) -> tuple[bytes, str]:
     """Return the file's bytes and their sha256 hex digest; unreadable files raise ImageLoadError. Only
     regular files are read: the file is opened non-blocking (a FIFO without a writer returns at once) and
-    checked with ``fstat`` before any byte is read."""
+    checked with ``fstat`` before any byte is read. A file over ``max_bytes`` (default:
+    :func:`max_image_bytes`) is refused from its size, and never more than ``max_bytes + 1`` bytes are read
+    (a file that grows while it is read)."""
+    limit = max_image_bytes() if max_bytes is None else max_bytes
     try:
         if display_path(path) != os.fspath(path):
             raise ImageLoadError(display_path(path), "file name is not valid UTF-8 (rename the file)")
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         with os.fdopen(fd, "rb") as f:
-            why = not_a_regular_file(os.fstat(f.fileno()).st_mode)
+            st = os.fstat(f.fileno())
+            why = not_a_regular_file(st.st_mode) or too_many_bytes(st.st_size, limit)
             if why is not None:
                 raise ImageLoadError(path, why)
             os.set_blocking(f.fileno(), True)
-            data = f.read()
+            data = f.read(limit + 1)
+            if len(data) > limit:
+                raise ImageLoadError(path, too_many_bytes(os.fstat(f.fileno()).st_size, limit) or
+                                     f"file too large: over the limit of {limit} bytes ({MAX_BYTES_ENV})")
     except FileNotFoundError:
         raise ImageLoadError(path, "unreadable: no such file") from None
     except IsADirectoryError:
@@ -155,6 +188,31 @@ def read_bytes_and_hash(path: str | os.PathLike[str]) -> tuple[bytes, str]:
     except OSError as exc:
         raise ImageLoadError(path, f"unreadable: {exc.strerror or exc}") from None
     return data, hashlib.sha256(data).hexdigest()
+
+
+def header_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(width, height) from the file's header as decoding will see it (EXIF rotation applied), without
+    decoding pixels; Pillow's decompression-bomb guard is lifted for the header parse only (the pixel cap
+    is applied when the image is decoded). Only regular files are opened. ImageLoadError otherwise."""
+    try:
+        why = not_a_regular_file(os.stat(path).st_mode)  # a FIFO would block the open
+        if why is not None:
+            raise ImageLoadError(path, why)
+        with _pil_guard_lifted():
+            im = Image.open(path)
+        with im:
+            width, height = im.size
+            try:
+                orientation = im.getexif().get(0x0112, 1)
+            except _CORRUPT_ERRORS:  # a broken EXIF block: decoding ignores it too
+                orientation = 1
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageLoadError(path, "not an image (cannot identify format)") from None
+    except _CORRUPT_ERRORS as exc:
+        raise ImageLoadError(path, f"{' '.join(str(exc).split())}") from None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def load_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:

@@ -12,10 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
 from samsearch.data.coco import AnnotatedImage, CocoAnnotations, ObjectAnnotation
-from samsearch.data.imageio import collect_image_paths
+from samsearch.data.imageio import ImageLoadError, collect_image_paths, header_size
 from samsearch.errors import InputError
 
 
@@ -113,15 +111,13 @@ def _polygon_box(polygon: list[float]) -> tuple[float, float, float, float]:
 
 
 def _header_size(file: Path, skipped: list[Skip]) -> tuple[int, int] | None:
-    """(width, height) as decoding will see it (EXIF rotation applied), or None with a skip."""
+    """(width, height) as decoding will see it (EXIF rotation applied), or None with a skip. An image
+    above Pillow's decompression-bomb limit is read here (header only) and refused when decoded."""
     try:
-        with Image.open(file) as im:
-            width, height = im.size
-            orientation = im.getexif().get(0x0112, 1)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        skipped.append(Skip(f"image {file}", f"unreadable image: {' '.join(str(exc).split())}"))
+        return header_size(file)
+    except ImageLoadError as exc:
+        skipped.append(Skip(f"image {file}", f"unreadable image: {exc.reason}"))
         return None
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def _read_json(path: Path) -> Any:

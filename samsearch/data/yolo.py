@@ -25,6 +25,8 @@ from samsearch.data.labeled import (
 
 def read_yolo(path: Path, images_dir: Path) -> LabeledDataset:
     names, root = _yolo_names(path)
+    # The image files come back absolute with symlinks resolved: so must the folder they are made relative to.
+    images_dir = images_dir.resolve()
     skipped: list[Skip] = []
     images: list[DatasetImage] = []
     next_id = 1
@@ -35,7 +37,7 @@ def read_yolo(path: Path, images_dir: Path) -> LabeledDataset:
         if size is None:
             continue
         width, height = size
-        rel = file.relative_to(images_dir).as_posix()
+        rel = _relative(file, images_dir).as_posix()
         entry = AnnotatedImage(index, rel, width, height)
         for line_no, cls, coords in rows:
             where = f"{label_file} line {line_no}"
@@ -96,8 +98,16 @@ def _yolo_label_file(image: Path, images_dir: Path, root: Path) -> Path | None:
         i = len(parts) - 1 - parts[::-1].index("images")
         candidates.append(Path(*parts[:i], "labels", *parts[i + 1:]).with_suffix(".txt"))
     candidates.append(image.with_suffix(".txt"))
-    candidates.append((root / "labels" / image.relative_to(images_dir)).with_suffix(".txt"))
+    candidates.append((root / "labels" / _relative(image, images_dir)).with_suffix(".txt"))
     return next((c for c in candidates if c.is_file()), None)
+
+
+def _relative(image: Path, images_dir: Path) -> Path:
+    """``image`` relative to ``images_dir``; just its name when it lies elsewhere (a symlink out of it)."""
+    try:
+        return image.relative_to(images_dir)
+    except ValueError:
+        return Path(image.name)
 
 
 def _yolo_rows(label_file: Path, n_classes: int) -> list[tuple[int, int, list[float]]]:

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, make_url
+from sqlalchemy.exc import DatabaseError as SqlDatabaseError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,6 +22,17 @@ class DatabaseError(SamsearchError):
 
 def default_sqlite_url(home: Path) -> str:
     return f"sqlite:///{Path(home) / 'samsearch.db'}"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///FILE`` URL; None for other databases and in-memory SQLite."""
+    try:
+        parsed = make_url(normalise_url(url))
+    except Exception:  # noqa: BLE001 - not a URL sqlalchemy reads: not a SQLite file either
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
 
 
 def normalise_url(url: str) -> str:
@@ -81,6 +93,12 @@ class Database:
                 command.upgrade(cfg, "head")
         except OperationalError as exc:
             raise DatabaseError(f"cannot open database {self.safe_url}: {one_line(exc.orig)}") from exc
+        except SqlDatabaseError as exc:  # sqlite3: "file is not a database", "database disk image is malformed"
+            path = sqlite_file(self.url)
+            if path is None:
+                raise
+            raise DatabaseError(f"{path}: cannot open the SQLite database: {one_line(exc.orig)} (the file is "
+                                "damaged or not a samsearch database; restore it from a backup)") from exc
 
     def current_revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext

@@ -12,6 +12,7 @@ import torch
 
 from samsearch.data.coco import AnnotatedImage
 from samsearch.errors import SamsearchError
+from samsearch.sam.lazymasks import LazyMasks
 from samsearch.sam.segment import Segments
 
 
@@ -30,7 +31,17 @@ class IngestSummary:
     images_failed: int = 0
     images_without_annotations: int = 0
     segments: int = 0
+    images_without_segments: int = 0  # stored with no segment at all
     empty_masks_dropped: int = 0
+    # Annotations of this run's images left out, per kind (samsearch.data.coco.SKIP_KINDS: NaN, zero- or
+    # negative-size box, box outside the image).
+    annotations_skipped: dict[str, int] = field(default_factory=dict)
+    # --prompts auto: candidate masks (3 per grid point per image), how many each filter step removed
+    # (samsearch.sam.amg.FILTER_STAGES), and per step the images whose last candidates it removed.
+    candidate_masks: int = 0
+    masks_filtered: dict[str, int] = field(default_factory=dict)
+    images_emptied_by: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what a run without segments should be told
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
@@ -43,9 +54,17 @@ class IngestSummary:
     def merge(self, other: IngestSummary) -> None:
         """Add the image counts and failures of ``other`` (a per-image summary from a worker thread)."""
         for name in ("images_seen", "images_ingested", "images_skipped", "images_failed",
-                     "images_without_annotations", "segments", "empty_masks_dropped"):
+                     "images_without_annotations", "segments", "images_without_segments", "empty_masks_dropped",
+                     "candidate_masks"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in ("annotations_skipped", "masks_filtered", "images_emptied_by"):
+            add_counts(getattr(self, name), getattr(other, name))
         self.failures.extend(other.failures)
+
+
+def add_counts(total: dict[str, int], more: dict[str, int]) -> None:
+    for k, v in more.items():
+        total[k] = total.get(k, 0) + v
 
 
 @dataclass
@@ -71,10 +90,11 @@ class ComputedImage:
     seg: Segments
     vectors: torch.Tensor  # (N, C) float32
     valid: torch.Tensor  # (N,) bool
-    host_masks: torch.Tensor | None = None  # set when a copy to host memory was started early
+    host_masks: torch.Tensor | None = None  # set when a copy to host memory was started early (not for LazyMasks)
     ready: Any = None  # CUDA event the early copy completes at
 
-    def masks_host(self) -> torch.Tensor:
+    def masks_host(self) -> torch.Tensor | LazyMasks:
+        """The masks in host memory (LazyMasks: made a slice at a time as they are read)."""
         if self.ready is not None:
             self.ready.synchronize()
         return self.host_masks if self.host_masks is not None else self.seg.masks.cpu()

@@ -46,10 +46,12 @@ from samsearch.ingest.containers import (
     IngestSummary,
     PreparedImage,
     StoreItem,
+    add_counts,
 )
 from samsearch.ingest.options import PROMPT_MODES, SOURCE_OF_MODE, STAGES, IngestOptions
 from samsearch.ingest.store import SegmentWriter
 from samsearch.sam.accel import autocast, compile_encoder, fused_attention
+from samsearch.sam.amg import FILTER_STAGES
 from samsearch.sam.encoder import EncodedImage, encode_resized, resize_image, too_thin
 from samsearch.sam.models import LoadedModel
 from samsearch.sam.pooling import RECIPE, embedding_space
@@ -177,6 +179,8 @@ class Ingestor:
                            f"size {rgb.shape[1]}x{rgb.shape[0]} differs from the annotations' "
                            f"{annotated.width}x{annotated.height} in {self.coco.path}", run_id, owner)
                 return None
+            else:
+                add_counts(summary.annotations_skipped, annotated.skipped)
         return PreparedImage(path, content_hash, len(data), image_id, item.cleanup, rgb, annotated,
                              run_id=run_id, lease_owner=owner)
 
@@ -200,6 +204,12 @@ class Ingestor:
                 t0 = time.perf_counter()
                 seg = self.segment(enc, prepared)
                 timings["masks"] += time.perf_counter() - t0
+            if seg.filtered is not None:  # automatic masks: what each filter step removed
+                summary.candidate_masks += seg.candidates
+                add_counts(summary.masks_filtered, seg.filtered)
+                if len(seg) == 0 and seg.candidates:
+                    last = [k for k in FILTER_STAGES if seg.filtered.get(k)][-1:]
+                    add_counts(summary.images_emptied_by, dict.fromkeys(last, 1))
             t0 = time.perf_counter()
             vectors, valid = seg.pool(enc)
             _sync(self.model)
@@ -272,7 +282,45 @@ class Ingestor:
                         self.ingest_one(path, run.id, summary, timings)
                         if on_image is not None:
                             on_image(path)
+            summary.notes = self.notes(summary)
         return summary
+
+    def notes(self, summary: IngestSummary) -> list[str]:
+        """Why images were stored without segments, when the automatic masks were all filtered out: which
+        step removed how many, and what to change."""
+        if self.options.prompts != "auto" or not summary.images_without_segments:
+            return []
+        amg, f = self.options.amg, summary.masks_filtered
+        steps = [(f.get("pred_iou_thresh", 0), f"fell below --pred-iou-thresh {amg.pred_iou_thresh:g}"),
+                 (f.get("stability_score_thresh", 0),
+                  f"fell below --stability-score-thresh {amg.stability_score_thresh:g}"),
+                 (f.get("box_nms_thresh", 0), f"were duplicates removed by --box-nms-thresh {amg.box_nms_thresh:g}"),
+                 (f.get("min_mask_region_area", 0),
+                  f"were removed by --min-mask-region-area {amg.min_mask_region_area}"),
+                 (summary.empty_masks_dropped, "were empty")]
+        steps = [(n, what) for n, what in steps if n]
+        hint = ("tiny-random's random weights give low scores; try --prompts masks or boxes, or lower the "
+                "thresholds" if self.model.name == "tiny-random"
+                else "lower --pred-iou-thresh / --stability-score-thresh to keep more")
+        grid = f"{amg.points_per_side}×{amg.points_per_side}"
+        if summary.segments == 0:
+            if len(steps) == 1:
+                how = steps[0][1]
+            else:
+                how = "were filtered out: " + ", ".join(
+                    f"{'the last ' if i == len(steps) - 1 else ''}{n} {what}" for i, (n, what) in enumerate(steps))
+            return [f"0 segments: all {summary.candidate_masks} candidate masks (3 per point of the {grid} "
+                    f"grid, {_images(summary.images_ingested)}) {how} ({hint})"]
+        by = summary.images_emptied_by
+        names = {"pred_iou_thresh": "--pred-iou-thresh", "stability_score_thresh": "--stability-score-thresh",
+                 "box_nms_thresh": "--box-nms-thresh", "min_mask_region_area": "--min-mask-region-area"}
+        where = ", ".join(f"{n} by {names[k]}" for k, n in by.items() if n)
+        return [f"{summary.images_without_segments} of {summary.images_ingested} images got 0 segments: every "
+                f"candidate mask was filtered out ({where or 'their masks were empty'}; {hint})"]
+
+
+def _images(n: int) -> str:
+    return f"{n} image" if n == 1 else f"{n} images"
 
 
 def report_line(message: str) -> None:

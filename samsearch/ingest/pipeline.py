@@ -64,7 +64,8 @@ def _start_host_copy(computed: ComputedImage) -> None:
         host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
         return host.copy_(t, non_blocking=True)
 
-    computed.host_masks = to_host(computed.seg.masks)
+    if isinstance(computed.seg.masks, torch.Tensor):  # LazyMasks are made on the host as the writer reads them
+        computed.host_masks = to_host(computed.seg.masks)
     computed.vectors, computed.valid = to_host(computed.vectors), to_host(computed.valid)
     event = torch.cuda.Event()
     event.record()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from sqlalchemy import delete, insert, or_, select, update
 
 from samsearch.data.masks import mask_to_box_xywh, masks_to_rles
@@ -26,8 +27,11 @@ from samsearch.home import SEGMENTS, Home
 from samsearch.ingest.claim import check_lease
 from samsearch.ingest.containers import PreparedImage, StoreItem
 from samsearch.ingest.options import LABEL_PAYLOAD_KEYS, segment_id
+from samsearch.sam.lazymasks import LazyMasks
 from samsearch.sam.segment import Segments
 from samsearch.vectors import Filter, Match, VectorStoreError
+
+STORE_CHUNK = 1 << 26  # mask pixels the writer reads at a time (64 MiB as bool)
 
 
 @dataclass
@@ -96,19 +100,20 @@ class SegmentWriter:
             st.item.timings["sql"] += time.perf_counter() - t0
             st.item.summary.images_ingested += 1
             st.item.summary.segments += len(st.rows)
+            st.item.summary.images_without_segments += not st.rows
 
     def _stage(self, item: StoreItem, datasets: list[str]) -> _Staged:
         t0 = time.perf_counter()
         computed = item.computed
-        masks_np = computed.masks_host().numpy()  # waits for an early copy to host, if one was started
+        masks = computed.masks_host()  # waits for an early copy to host, if one was started
         vectors_np = computed.vectors.cpu().numpy().astype(np.float32)
         valid_np = computed.valid.cpu().numpy()
         item.timings["transfer"] += time.perf_counter() - t0
-        rows, payloads, ids = self._segment_rows(computed.seg, masks_np, valid_np, item.prepared.image_id,
-                                                 item.prepared.content_hash, datasets, item.timings)
+        rows, payloads, ids, kept = self._segment_rows(computed.seg, masks, valid_np, item.prepared.image_id,
+                                                       item.prepared.content_hash, datasets, item.timings,
+                                                       keep_masks=bool(self.spaces))
         item.summary.empty_masks_dropped += int((~valid_np).sum())
-        return _Staged(item, rows, payloads, ids, vectors_np[valid_np],
-                       datasets, masks_np[valid_np] if self.spaces else None)
+        return _Staged(item, rows, payloads, ids, vectors_np[valid_np], datasets, kept)
 
     def _write_spaces(self, staged: Sequence[_Staged]) -> None:
         """The extra spaces' vectors of a batch: one backbone pass per image over the decoded image already
@@ -206,16 +211,33 @@ class SegmentWriter:
             s.execute(insert(SpaceEmbedding), [{"image_id": image_id, "space": name, "run_id": run_id,
                                                 "n_segments": n} for name in names])
 
-    def _segment_rows(self, seg: Segments, masks_np: np.ndarray, valid: np.ndarray, image_id: int,
-                      content_hash: str, datasets: list[str], timings: dict[str, float]):
+    def _segment_rows(self, seg: Segments, masks: torch.Tensor | LazyMasks, valid: np.ndarray, image_id: int,
+                      content_hash: str, datasets: list[str], timings: dict[str, float], keep_masks: bool = False):
+        """Rows, payloads and ids of the valid masks (and those masks, with ``keep_masks``). The masks are
+        read a slice of at most STORE_CHUNK pixels at a time: RLE, area and box, then the slice is dropped."""
         t0 = time.perf_counter()
+        n = len(masks)
+        h, w = (int(v) for v in masks.shape[1:]) if len(masks.shape) == 3 else (0, 0)
         keep = np.flatnonzero(valid)
-        rles = masks_to_rles(masks_np[keep]) if len(keep) else []
-        areas = masks_np[keep].sum(axis=(1, 2)) if len(keep) else []
-        h, w = masks_np.shape[1:] if masks_np.ndim == 3 else (0, 0)
+        rles: list[dict[str, Any]] = []
+        areas: list[int] = []
+        boxes: list[list[float]] = []
+        kept: list[np.ndarray] = []
+        per = max(1, STORE_CHUNK // max(1, h * w))
+        for start in range(0, n, per):
+            sel = valid[start:start + per]
+            if not sel.any():
+                continue
+            block = masks[start:start + per]
+            block_np = (block.cpu() if isinstance(block, torch.Tensor) else block).numpy()[sel]
+            rles.extend(masks_to_rles(block_np))
+            areas.extend(int(a) for a in block_np.sum(axis=(1, 2)))
+            boxes.extend(mask_to_box_xywh(m) for m in block_np)
+            if keep_masks:
+                kept.append(block_np)
         rows, payloads, ids = [], [], []
         for j, i in enumerate(keep):
-            box = mask_to_box_xywh(masks_np[i])
+            box = boxes[j]
             sid = segment_id(content_hash, self.settings_hash, int(i))
             ids.append(sid)
             rows.append({
@@ -223,14 +245,15 @@ class SegmentWriter:
                 "segment_index": int(i), "source": self.source, "model_key": self.model_key,
                 "rle_counts": rles[j]["counts"], "height": int(h), "width": int(w),
                 "bbox_x": box[0], "bbox_y": box[1], "bbox_w": box[2], "bbox_h": box[3],
-                "area": int(areas[j]), "predicted_iou": seg.predicted_iou[i],
+                "area": areas[j], "predicted_iou": seg.predicted_iou[i],
                 "stability_score": seg.stability_score[i], "prompt": seg.prompts[i],
                 "annotation_id": seg.annotation_ids[i], "annotation_category": seg.categories[i],
                 "created_at": utcnow(),
             })
             payloads.append({
                 "image_id": image_id, "image_hash": content_hash, "dataset": list(datasets),
-                "settings_hash": self.settings_hash, "source": self.source, "area": int(areas[j]),
+                "settings_hash": self.settings_hash, "source": self.source, "area": areas[j],
             })
         timings["rle"] += time.perf_counter() - t0
-        return rows, payloads, ids
+        masks_kept = (np.concatenate(kept) if kept else np.zeros((0, h, w), dtype=bool)) if keep_masks else None
+        return rows, payloads, ids, masks_kept

@@ -37,7 +37,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from samsearch.data.coco import AnnotationError, load_coco
-from samsearch.data.imageio import collect_image_paths, display_path, not_a_regular_file
+from samsearch.data.imageio import (
+    collect_image_paths,
+    display_path,
+    max_image_bytes,
+    not_a_regular_file,
+    too_many_bytes,
+)
 from samsearch.db import Image, ImageDataset, ImageStatus, Ingestion, Run
 from samsearch.db.memberships import in_dataset
 from samsearch.db.schema import utcnow
@@ -112,7 +118,8 @@ def _hash_file(path: Path) -> tuple[Path, int, str] | tuple[Path, None, str]:
         return path, None, "file name is not valid UTF-8 (rename the file)"
     try:
         st = path.stat()
-        why = not_a_regular_file(st.st_mode)  # a FIFO would block the hashing, a device never end it
+        # a FIFO would block the hashing, a device never end it; a file over the byte cap is not read
+        why = not_a_regular_file(st.st_mode) or too_many_bytes(st.st_size, max_image_bytes())
         if why is not None:
             return path, None, why
         return path, st.st_size, sha256_file(path)

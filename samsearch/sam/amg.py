@@ -38,6 +38,7 @@ from torchvision.ops.boxes import batched_nms
 
 from samsearch.sam.decoder import PromptDecoder
 from samsearch.sam.encoder import EncodedImage, resize_transform
+from samsearch.sam.lazymasks import LazyMasks, masks_of
 from samsearch.sam.logits import LogitUpsampler
 
 
@@ -63,14 +64,22 @@ class AmgSettings:
         return d
 
 
+# The steps that remove candidate masks, in order, each named by the setting that drives it.
+FILTER_STAGES: tuple[str, ...] = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh",
+                                  "min_mask_region_area")
+
+
 @dataclass
 class GeneratedMasks:
-    masks: torch.Tensor  # (N, H, W) bool, on the model's device
+    masks: torch.Tensor | LazyMasks  # (N, H, W) bool, on the model's device (LazyMasks: many large ones)
     boxes_xyxy: torch.Tensor  # (N, 4) float
     predicted_iou: torch.Tensor  # (N,)
     stability_score: torch.Tensor  # (N,)
     points: torch.Tensor  # (N, 2) prompt point, original-image pixels
     timings: dict[str, float] = field(default_factory=dict)
+    # How many masks each step removed (FILTER_STAGES keys) out of ``candidates`` (3 per grid point).
+    filtered: dict[str, int] = field(default_factory=dict)
+    candidates: int = 0
 
     def __len__(self) -> int:
         return int(self.masks.shape[0])
@@ -195,6 +204,9 @@ def generate_masks(sam: Sam, enc: EncodedImage, settings: AmgSettings, exact: bo
         per_call = decoder.prompts_per_call(pass_budget)
 
     kept_low, kept_iou, kept_stab, kept_boxes, kept_points = [], [], [], [], []
+    candidates = 3 * len(points)  # SAM's three multimask outputs per grid point
+    filtered = dict.fromkeys(FILTER_STAGES, 0)
+    passed_iou = 0
     for start in range(0, len(points), per_call):
         t0 = time.perf_counter()
         if decoder is None:
@@ -204,6 +216,7 @@ def generate_masks(sam: Sam, enc: EncodedImage, settings: AmgSettings, exact: bo
             low_res, iou, pts = _decode_fast(decoder, sparse[start:start + per_call], grid[start:start + per_call],
                                              iou_thresh)
         t1 = time.perf_counter()
+        passed_iou += len(iou)  # a size the host knows already: no synchronisation
         # Stability and boxes need full-resolution logits: a chunk at a time, then dropped.
         stab = torch.empty(len(iou), device=dev)
         boxes = torch.empty((len(iou), 4), dtype=torch.long, device=dev)
@@ -214,6 +227,7 @@ def generate_masks(sam: Sam, enc: EncodedImage, settings: AmgSettings, exact: bo
         if settings.stability_score_thresh > 0.0:
             # one selection (one host synchronisation) for all five tensors
             keep = torch.nonzero(stab >= settings.stability_score_thresh)[:, 0]
+            filtered["stability_score_thresh"] += len(iou) - len(keep)
             low_res, iou, pts, stab, boxes = low_res[keep], iou[keep], pts[keep], stab[keep], boxes[keep]
         kept_low.append(low_res)
         kept_iou.append(iou)
@@ -231,21 +245,30 @@ def generate_masks(sam: Sam, enc: EncodedImage, settings: AmgSettings, exact: bo
     pts = torch.cat(kept_points) if kept_points else torch.zeros((0, 2), device=dev)
     keep = batched_nms(boxes.float(), iou.float(), torch.zeros(len(boxes), device=dev),
                        iou_threshold=settings.box_nms_thresh)
+    filtered["box_nms_thresh"] = len(iou) - len(keep)
     low_res, iou, stab, boxes, pts = low_res[keep], iou[keep], stab[keep], boxes[keep], pts[keep]
     t1 = time.perf_counter()
 
     # Final masks: upsample only the survivors.
-    masks = torch.empty((len(iou), h, w), dtype=torch.bool, device=dev)
-    for s in range(0, len(iou), step):
-        masks[s:s + step] = upsample(low_res[s:s + step]) > thr
+    @torch.no_grad()
+    def make(start: int, stop: int) -> torch.Tensor:
+        out = torch.empty((stop - start, h, w), dtype=torch.bool, device=dev)
+        for s in range(start, stop, step):
+            out[s - start:s - start + step] = upsample(low_res[s:min(s + step, stop)]) > thr
+        return out
+
+    # Many large final masks are upsampled when read, a slice at a time (hole/island removal needs them all).
+    masks = masks_of(len(iou), h, w, dev, make, lazy=settings.min_mask_region_area == 0)
     if settings.min_mask_region_area > 0 and len(masks):
         keep, new_masks, new_boxes = _postprocess_small_regions(
             masks, boxes, settings.min_mask_region_area, settings.box_nms_thresh
         )
+        filtered["min_mask_region_area"] = len(masks) - len(keep)
         masks, boxes = new_masks[keep], new_boxes[keep]
         iou, stab, pts = iou[keep], stab[keep], pts[keep]
     timings["nms"] = t1 - t0
     timings["final_masks"] = time.perf_counter() - t1
     if decoder is not None:  # the decoder's share: the two-way transformer and the output upscaling
         timings.update({f"decoder_{k}": v for k, v in decoder.timings.items()})
-    return GeneratedMasks(masks, boxes.float(), iou.float(), stab, pts.float(), timings)
+    filtered["pred_iou_thresh"] = candidates - passed_iou
+    return GeneratedMasks(masks, boxes.float(), iou.float(), stab, pts.float(), timings, filtered, candidates)

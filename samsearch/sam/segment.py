@@ -23,6 +23,7 @@ from samsearch.data.coco import ObjectAnnotation
 from samsearch.data.masks import annotation_to_mask, masks_to_boxes_xywh
 from samsearch.sam.amg import AmgSettings, GeneratedMasks, generate_masks
 from samsearch.sam.encoder import EncodedImage
+from samsearch.sam.lazymasks import LazyMasks, masks_of
 from samsearch.sam.pooling import pool_mask_embeddings
 from samsearch.sam.prompting import mask_from_points, masks_from_boxes
 
@@ -37,13 +38,16 @@ def _round(values: Sequence[float]) -> list[float]:
 class Segments:
     """The segments of one image: masks on the model's device plus one entry per mask in every list."""
 
-    masks: torch.Tensor  # (N,H,W) bool
+    masks: torch.Tensor | LazyMasks  # (N,H,W) bool; LazyMasks when a full stack would exceed MASK_BUDGET
     boxes_xyxy: np.ndarray  # (N,4) float
     predicted_iou: list[float | None]
     stability_score: list[float | None]
     prompts: list[dict[str, Any] | None]
     annotation_ids: list[int | None]
     categories: list[str | None]
+    # Automatic masks only: the candidates (3 per grid point) and how many each filter step removed.
+    candidates: int = 0
+    filtered: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         n = int(self.masks.shape[0])
@@ -62,7 +66,7 @@ class Segments:
         n = len(gen)
         return cls(gen.masks, gen.boxes_xyxy.cpu().numpy(), gen.predicted_iou.cpu().tolist(),
                    gen.stability_score.cpu().tolist(), [{"point": _round(p)} for p in gen.points.cpu().tolist()],
-                   [None] * n, [None] * n)
+                   [None] * n, [None] * n, gen.candidates, dict(gen.filtered))
 
     @classmethod
     def from_auto(cls, sam: Sam, enc: EncodedImage, amg: AmgSettings, exact: bool = False,
@@ -116,9 +120,18 @@ class Segments:
         """The annotations' own masks (polygons or RLE); annotations without one are left out.
         ValueError for malformed geometry."""
         kept = [a for a in annotations if a.segmentation is not None]
-        stack = (np.stack([annotation_to_mask(a.segmentation, height, width) for a in kept]) if kept
-                 else np.zeros((0, height, width), dtype=bool))
-        return cls.from_masks(stack, device, [a.id for a in kept], [a.category for a in kept],
+
+        def make(start: int, stop: int) -> torch.Tensor:
+            part = kept[start:stop]
+            return torch.as_tensor(np.stack([annotation_to_mask(a.segmentation, height, width) for a in part])
+                                   if part else np.zeros((0, height, width), dtype=bool))
+
+        masks = masks_of(len(kept), height, width, device, make)
+        if isinstance(masks, LazyMasks):  # rasterised a slice at a time by whoever reads them
+            n = len(kept)
+            return cls(masks, _annotation_boxes(kept), [None] * n, [None] * n, [None] * n, [a.id for a in kept],
+                       [a.category for a in kept])
+        return cls.from_masks(masks, device, [a.id for a in kept], [a.category for a in kept],
                               _annotation_boxes(kept))
 
     @classmethod

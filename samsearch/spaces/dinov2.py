@@ -27,6 +27,7 @@ from transformers.utils import logging as hf_logging
 
 from samsearch.errors import one_line
 from samsearch.identity import EmbeddingSpace
+from samsearch.sam.lazymasks import LazyMasks
 from samsearch.sam.models import default_cache_dir, select_device, sha256_file
 from samsearch.sam.pooling import mask_coverage
 from samsearch.spaces.registry import (
@@ -172,10 +173,11 @@ def encode_images(sm: SpaceModel, images: Sequence[np.ndarray], batch_size: int 
 
 
 @torch.no_grad()
-def pool_segments(tokens: PatchTokens, masks: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def pool_segments(tokens: PatchTokens,
+                  masks: np.ndarray | torch.Tensor | LazyMasks) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, H, W) bool masks in original-image pixels → ((N, C) L2-normalised vectors, (N,) bool valid)."""
     feats = tokens.tokens
-    masks = torch.as_tensor(masks, device=feats.device)
+    masks = masks.to(feats.device) if isinstance(masks, LazyMasks) else torch.as_tensor(masks, device=feats.device)
     if masks.ndim != 3 or tuple(masks.shape[1:]) != tokens.original_size:
         raise SpaceError(f"masks of shape {tuple(masks.shape)} do not fit an image of size {tokens.original_size}")
     if masks.shape[0] == 0:
