@@ -143,8 +143,9 @@ def embed_space(home: Home, options: EmbedOptions, progress: bool = True, space_
         # No index builds while vectors flow; one at the end (see VectorStore.bulk_load), said on stderr.
         from samsearch.ingest.ingestor import report_line
 
-        with home.vectors.bulk_load(coll, report=report_line if progress else None), tqdm(total=len(todo), desc=f"embed {options.space}", unit="img",
-                                                disable=not progress) as bar:
+        report = report_line if progress else None
+        with home.vectors.bulk_load(coll, report=report), tqdm(total=len(todo), desc=f"embed {options.space}",
+                                                               unit="img", disable=not progress) as bar:
             for start in range(0, len(todo), options.batch_images):
                 batch = todo[start:start + options.batch_images]
                 _embed_batch(home, sm, coll, batch, run.id, options, summary, embed_images)

@@ -92,7 +92,9 @@ function describe(s) {
 }
 async function loadGrid(done) {
   const q = new URLSearchParams({limit: PAGE_SIZE, offset: offset});
-  for (const f of ["dataset", "label", "cluster", "min_score", "max_score"]) { const v = $("f-" + f).value.trim(); if (v) q.set(f, v); }
+  for (const f of ["dataset", "label", "cluster", "min_score", "max_score"]) {
+    const v = $("f-" + f).value.trim(); if (v) q.set(f, v);
+  }
   status("loading\\u2026");
   try {
     const data = await api("/api/segments?" + q);

@@ -37,6 +37,7 @@ store) may open a shard directory at a time.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -553,10 +554,8 @@ class EdgeVectorStore:
         # the GIL for ~1.5 s, which a run that has finished writing (ingest's last step) never needs to pay.
         self._warm_on_open.add(name)
         self.last_child_build = {"close_s": round(t_closed - t0, 2), "child_s": round(t_built - t_closed, 2)}
-        try:
+        with contextlib.suppress(ValueError, IndexError, AttributeError):  # the child's counts, if it said them
             self.last_child_build.update({k: int(v) for k, v in json.loads(out.strip().splitlines()[-1]).items()})
-        except (ValueError, IndexError, AttributeError):
-            pass
 
     @staticmethod
     def _warm_up(coll: _Collection, queries: int = 200) -> None:
