@@ -1,8 +1,8 @@
 """The review page in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by
 Selenium) against a real server and store (SQLite + Qdrant Edge, and Postgres + a Qdrant server over
 HTTP): the grid loads crops, a click shows neighbours with scores, two ticked segments get a label, a
-cluster gets a name, and a script-laden label shows as text. Screenshots of the grid and the neighbours view go to ``$SAMSEARCH_TEST_ARTIFACTS``
-(default: the test's temporary folder)."""
+cluster gets a name, and a script-laden label shows as text. Screenshots of the grid and the neighbours
+view go to ``$SAMSEARCH_TEST_ARTIFACTS`` (default: the test's temporary folder)."""
 
 from __future__ import annotations
 
