@@ -20,9 +20,10 @@ import torch
 from segment_anything.modeling import Sam
 
 from samsearch.data.coco import ObjectAnnotation
-from samsearch.data.masks import annotation_to_mask, masks_to_boxes_xywh
+from samsearch.data.masks import annotation_to_mask, masks_to_boxes_xywh, masks_to_rles, rles_to_masks
 from samsearch.sam.amg import AmgSettings, GeneratedMasks, generate_masks
 from samsearch.sam.encoder import EncodedImage
+from samsearch.sam import lazymasks
 from samsearch.sam.lazymasks import LazyMasks, masks_of
 from samsearch.sam.pooling import pool_mask_embeddings
 from samsearch.sam.prompting import mask_from_points, masks_from_boxes
@@ -79,10 +80,29 @@ class Segments:
                    annotation_ids: Sequence[int | None] | None = None,
                    categories: Sequence[str | None] | None = None, batch_size: int = 64,
                    exact: bool = False) -> Segments:
-        """One mask per box: SAM's single-mask output (the memory-bank recipe)."""
+        """One mask per box: SAM's single-mask output (the memory-bank recipe). When the masks at full
+        resolution would exceed :data:`~samsearch.sam.lazymasks.MASK_BUDGET`, they are decoded a slice at a
+        time and kept as RLE (a few kB each) until read (:class:`LazyMasks`)."""
         boxes = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4)
         n = len(boxes)
-        masks, ious = masks_from_boxes(sam, enc, boxes, batch_size, exact=exact)
+        h, w = enc.original_size
+        if n * h * w <= lazymasks.MASK_BUDGET:
+            masks, ious = masks_from_boxes(sam, enc, boxes, batch_size, exact=exact)
+        else:
+            rles: list[dict[str, Any]] = []
+            iou_parts = []
+            step = max(1, lazymasks.MASK_BUDGET // (h * w))
+            for start in range(0, n, step):
+                part, iou = masks_from_boxes(sam, enc, boxes[start:start + step], batch_size, exact=exact)
+                rles += masks_to_rles(part.cpu().numpy())
+                iou_parts.append(iou)
+                del part
+            ious = torch.cat(iou_parts)
+
+            def make(a: int, b: int) -> torch.Tensor:
+                return torch.from_numpy(rles_to_masks(rles[a:b]) if b > a else np.zeros((0, h, w), bool))
+
+            masks = LazyMasks(n, h, w, sam.device, make)
         return cls(masks, boxes, ious.cpu().tolist(), [None] * n, [{"box": _round(b)} for b in boxes],
                    list(annotation_ids) if annotation_ids is not None else [None] * n,
                    list(categories) if categories is not None else [None] * n)

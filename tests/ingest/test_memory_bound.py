@@ -74,7 +74,7 @@ def _stored(home: Home) -> list[tuple]:
     return [(*seg, tuple(np.round(v.vector, 5))) for seg, v in zip(segs, vectors, strict=True)]
 
 
-@pytest.mark.parametrize("prompts", ["masks", "auto"])
+@pytest.mark.parametrize("prompts", ["masks", "auto", "boxes"])
 def test_masks_made_a_slice_at_a_time_store_the_same_segments(tmp_path, tiny_model, shapes, monkeypatch, prompts):
     opts = IngestOptions(prompts=prompts, annotations=shapes.annotations_path,
                          amg=AmgSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
