@@ -21,9 +21,9 @@ from segment_anything.modeling import Sam
 
 from samsearch.data.coco import ObjectAnnotation
 from samsearch.data.masks import annotation_to_mask, masks_to_boxes_xywh, masks_to_rles, rles_to_masks
+from samsearch.sam import lazymasks
 from samsearch.sam.amg import AmgSettings, GeneratedMasks, generate_masks
 from samsearch.sam.encoder import EncodedImage
-from samsearch.sam import lazymasks
 from samsearch.sam.lazymasks import LazyMasks, masks_of
 from samsearch.sam.pooling import pool_mask_embeddings
 from samsearch.sam.prompting import mask_from_points, masks_from_boxes
