@@ -3,9 +3,14 @@ run) and real uvicorn servers on free localhost ports, stopped after the module.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,6 +23,57 @@ from samsearch.ingest.options import IngestOptions
 from samsearch.serve import create_app
 
 N_IMAGES = 6
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@contextmanager
+def _backend_home(kind: str, root: Path) -> Iterator[Home]:
+    """An empty home on ``kind``: "sqlite+edge", "postgres+server" (qdrant-client's local engine) or
+    "postgres+qdrant-http" (a Qdrant server over real HTTP: the stand-in). Postgres gets a fresh schema,
+    dropped afterwards."""
+    if kind == "sqlite+edge":
+        with Home(root) as home:
+            yield home
+        return
+    import psycopg
+
+    from samsearch.testing.qdrant_standin import QdrantStandin
+
+    schema = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    standin = QdrantStandin().start() if kind == "postgres+qdrant-http" else None
+    try:
+        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
+        with Home(root, database_url=url, qdrant_url=standin.url if standin else ":memory:") as home:
+            yield home
+    finally:
+        if standin is not None:
+            standin.stop()
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture(scope="session")
+def backend_home():
+    """``with backend_home(kind, root) as home:`` an empty home on one backend (see ``_backend_home``)."""
+    return _backend_home
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (Debian's ``chromium`` + ``chromium-driver``) driven by Selenium."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e .[dev])")
+    driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    if not Path(driver_path).exists():
+        pytest.skip("chromedriver not found (apt-get install chromium chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=opts)
+    yield driver
+    driver.quit()
 
 
 def build(home: Home, model, shapes) -> None:

@@ -10,7 +10,6 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 from sqlalchemy import delete, select
 from typer.testing import CliRunner
@@ -20,32 +19,16 @@ from samsearch.db import Segment
 from samsearch.home import Home
 from samsearch.search.query import search_by_segment
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 N_IMAGES = 6  # as the conftest's corpus
 TOKEN = "s3cret-token"
 EVIL = '<script>alert("x")</script>&<img src=x onerror=alert(1)>'
 
 
 @pytest.fixture(scope="module", params=["sqlite+edge", "postgres+server"])
-def home(request, tmp_path_factory, build_corpus):
-    root = tmp_path_factory.mktemp("serve") / "home"
-    if request.param == "sqlite+edge":
-        h = Home(root)
-        schema = None
-    else:
-        schema = "t_" + uuid.uuid4().hex[:12]
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {schema}")
-        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
-        h = Home(root, database_url=url, qdrant_url=":memory:")
-    try:
+def home(request, tmp_path_factory, build_corpus, backend_home):
+    with backend_home(request.param, tmp_path_factory.mktemp("serve") / "home") as h:
         build_corpus(h)
         yield h
-    finally:
-        h.close()
-        if schema:
-            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 @pytest.fixture(scope="module")

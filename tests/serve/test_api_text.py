@@ -4,18 +4,13 @@ servers answer it, and bad requests are one-line JSON errors. The page has the t
 
 from __future__ import annotations
 
-import uuid
-
-import psycopg
 import pytest
 
-from samsearch.home import Home
 from samsearch.ingest.ingestor import ingest
 from samsearch.ingest.options import IngestOptions
 from samsearch.search.query import SearchFilters, search_text
 from samsearch.spaces.models import load_space
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 SPACE = "clip-tiny-random"
 
 
@@ -25,28 +20,13 @@ def clip_model():
 
 
 @pytest.fixture(scope="module", params=["sqlite+edge", "postgres+server"])
-def home(request, tmp_path_factory, tiny_model, shapes, clip_model):
-    root = tmp_path_factory.mktemp("serve-text") / "home"
-    schema = None
-    if request.param == "sqlite+edge":
-        h = Home(root)
-    else:
-        schema = "t_" + uuid.uuid4().hex[:12]
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {schema}")
-        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
-        h = Home(root, database_url=url, qdrant_url=":memory:")
-    try:
+def home(request, tmp_path_factory, tiny_model, shapes, clip_model, backend_home):
+    with backend_home(request.param, tmp_path_factory.mktemp("serve-text") / "home") as h:
         files = [im.path for im in shapes.images[:6]]
         opts = dict(prompts="masks", annotations=shapes.annotations_path)
         ingest(h, files[:4], tiny_model, IngestOptions(dataset="a", **opts), progress=False, spaces=[clip_model])
         ingest(h, files[4:], tiny_model, IngestOptions(dataset="b", **opts), progress=False, spaces=[clip_model])
         yield h
-    finally:
-        h.close()
-        if schema:
-            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 def _error(r, status: int) -> str:

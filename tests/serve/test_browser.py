@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import pytest
 
 from samsearch.cluster.naming import cluster_names
-from samsearch.home import Home
 from samsearch.reports.stats import collect_stats
 from samsearch.search.query import search_by_examples
 from samsearch.search.segments import fetch_segments
 
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 EVIL = '<img src=x onerror="document.title=\'pwned\'">'
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e .[dev])")
 if not Path(CHROMEDRIVER).exists():  # .ci/run installs it; elsewhere: apt-get install chromium chromium-driver
@@ -32,48 +29,12 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["sqlite+edge", "postgres+qdrant-http"])
-def site(request, tmp_path_factory, build_corpus, serve):
+def site(request, tmp_path_factory, build_corpus, serve, backend_home):
     """The page over each backend: SQLite + Qdrant Edge, and Postgres + a Qdrant server over real HTTP
     (the stand-in)."""
-    root = tmp_path_factory.mktemp("browser") / "home"
-    schema = standin = None
-    if request.param == "sqlite+edge":
-        home = Home(root)
-    else:
-        import psycopg
-
-        from samsearch.testing.qdrant_standin import QdrantStandin
-
-        schema = "t_" + uuid.uuid4().hex[:12]
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {schema}")
-        standin = QdrantStandin().start()
-        home = Home(root, database_url=f"postgresql+psycopg://postgres@127.0.0.1:5432/test"
-                                       f"?options=-csearch_path%3D{schema}", qdrant_url=standin.url)
-    try:
+    with backend_home(request.param, tmp_path_factory.mktemp("browser") / "home") as home:
         build_corpus(home)
-        server = serve(home)
-        yield home, server.url
-    finally:
-        home.close()
-        if standin is not None:
-            standin.stop()
-        if schema:
-            import psycopg
-
-            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,1000"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=opts)
-    yield driver
-    driver.quit()
+        yield home, serve(home).url
 
 
 @pytest.fixture

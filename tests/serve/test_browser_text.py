@@ -27,17 +27,6 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 SPACE = "clip-tiny-random"
 
 
-@pytest.fixture(scope="module")
-def browser():
-    opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,1000"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=opts)
-    yield driver
-    driver.quit()
-
-
 def _wait(driver, cond, timeout=60):
     return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: cond(d))
 
