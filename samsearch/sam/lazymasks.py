@@ -59,5 +59,6 @@ def masks_of(n: int, h: int, w: int, device: torch.device | str, make: Callable[
     """``make(0, n)`` when the stack fits :data:`MASK_BUDGET` elements (or ``lazy`` is False), else a
     :class:`LazyMasks` over ``make``."""
     if not lazy or n * h * w <= MASK_BUDGET:
-        return make(0, n).to(device)
+        masks = make(0, n)
+        return masks if masks.device == torch.device(device) else masks.to(device)
     return LazyMasks(n, h, w, device, make)
