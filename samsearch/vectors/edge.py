@@ -15,8 +15,8 @@ during upsert, scroll, flush and optimize, so an optimize blocks every Python th
 runs in a child process that opens the closed shard, optimizes and exits; the shard is reopened (and
 warmed) by its next use, or at once by :meth:`EdgeVectorStore.finish_index` (a worker whose queue ran dry
 reopens while idle rather than in its next write). Flush and close before the build, and the reopen,
-hold the GIL (at 300k points on a quiet 2-core machine: close 0.7 s, reopen 1.3 s); a flush every 20k points
-made each of those flushes as long (2.75 s), so there is one, at the end.
+hold the GIL (at 300k points on a quiet 2-core machine: close 0.7 s, reopen 1.3 s). Periodic flushes
+(every 20k points) were tried and dropped: each held the GIL up to 2.75 s while writing.
 Payload updates release the GIL but take it back often: next
 to a Python thread that never waits, a 60k-point ``set_payload`` took 19 s instead of under one, so bulk
 jobs keep other threads in C code (SQL statements) while payloads are written.
