@@ -147,7 +147,7 @@ def main() -> None:
             datasets = np.empty(args.n, dtype=np.uint8)
             t = time.perf_counter()
             with contextlib.redirect_stdout(sys.stderr):  # fill's progress lines; stdout is the JSON
-                report["fill"] = fill(home, corpus, x, labels, datasets)
+                report["fill"] = fill(home, corpus, x, labels, datasets, bulk=True)  # as ingest writes
             home.vectors.optimize(SEGMENTS)  # type: ignore[attr-defined]
             report["fill"]["wall_seconds"] = round(time.perf_counter() - t, 1)
             marker.write_text(json.dumps({"key": [args.n, args.seed], "fill": report["fill"]}))
