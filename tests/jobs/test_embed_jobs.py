@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -63,15 +62,17 @@ def test_a_worker_runs_queued_embed_jobs_after_the_images(home, shapes, tiny_mod
     assert run_next_embed_job(home, "cpu") is None and _state(home)[1] == n_seg
 
 
-def test_a_job_locked_by_another_worker_is_skipped_on_postgres(home):
-    if home.db.dialect != "postgresql":
-        pytest.skip("SQLite and Qdrant Edge take one worker process at a time")
-    job = enqueue_embed(home, "dinov2-tiny-random")
-    with home.db.session() as other:  # another worker holds the job
-        other.execute(select(Run).where(Run.id == job["run_id"]).with_for_update())
-        assert run_next_embed_job(home, "cpu") is None
-    assert run_next_embed_job(home, "cpu")[0] == job["run_id"]  # released: taken now
-    assert embed_jobs_status(home)["done"] == 1
+def test_a_job_locked_by_another_worker_is_skipped_on_postgres(tmp_path, pg_url):
+    """Postgres only: several workers share a queue there (SQLite + Qdrant Edge take one at a time)."""
+    from samsearch.home import Home
+
+    with Home(tmp_path / "home", database_url=pg_url, qdrant_url=":memory:") as home:
+        job = enqueue_embed(home, "dinov2-tiny-random")
+        with home.db.session() as other:  # another worker holds the job
+            other.execute(select(Run).where(Run.id == job["run_id"]).with_for_update())
+            assert run_next_embed_job(home, "cpu") is None
+        assert run_next_embed_job(home, "cpu")[0] == job["run_id"]  # released: taken now
+        assert embed_jobs_status(home)["done"] == 1
 
 
 def test_embed_enqueue_and_worker_through_the_cli(tmp_path, shapes):
