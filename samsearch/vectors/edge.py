@@ -327,21 +327,12 @@ class EdgeVectorStore:
                 else:
                     shard = qe.EdgeShard.create(str(path), self._config(dim))
                 try:
-                    info = shard.info()
-                    missing = {f: s for f, s in _index_schemas().items() if f not in info.payload_schema}
-                    for field_name, schema in missing.items():
-                        shard.update(qe.UpdateOperation.create_field_index(field_name, schema))
-                    if missing:
-                        shard.flush()
-                    info = shard.info() if missing else info
+                    info = _add_missing_indexes(shard)
                 except Exception:
                     shard.close()  # release the directory lock, or a retry would find it taken
                     raise
             unindexed = max(0, info.points_count - info.indexed_vectors_count)
-            # Shards created before links existed keep their indexes (and so their need for ACORN).
-            linked = frozenset(f for f in LINKED_AT_INGEST if f in info.payload_schema
-                               and getattr(info.payload_schema[f].params, "enable_hnsw", False))
-            coll = _Collection(shard, dim, unindexed, info.points_count - unindexed, linked)
+            coll = _Collection(shard, dim, unindexed, info.points_count - unindexed, _linked_fields(info))
             self._open[name] = coll
             if name in self._warm_on_open:
                 self._warm_on_open.discard(name)
@@ -465,14 +456,7 @@ class EdgeVectorStore:
         """Add the payload indexes :meth:`_defer_indexes` dropped (in this process; the child build adds
         them itself) and the links they carry."""
         with self._errors("create_field_index", name):
-            info = coll.shard.info()
-            for field_name, schema in _index_schemas().items():
-                if field_name not in info.payload_schema:
-                    coll.shard.update(qe.UpdateOperation.create_field_index(field_name, schema))
-            coll.shard.flush()
-            info = coll.shard.info()
-        coll.linked = frozenset(f for f in LINKED_AT_INGEST if f in info.payload_schema
-                                and getattr(info.payload_schema[f].params, "enable_hnsw", False))
+            coll.linked = _linked_fields(_add_missing_indexes(coll.shard))
         coll.indexes_deferred = False
 
     def _build_after_bulk(self, name: str, report: Callable[[str], None] | None) -> None:
@@ -808,6 +792,25 @@ class EdgeVectorStore:
         x = np.fromiter(flat, dtype=np.float32, count=len(records) * coll.dim).reshape(len(records), coll.dim)
         payloads = [dict(r.payload or {}) for r in records] if payload_fields else [{} for _ in records]
         return VectorBatch([str(r.id) for r in records], x, payloads), nxt
+
+
+def _add_missing_indexes(shard: qe.EdgeShard) -> Any:
+    """Create every payload index of ``_index_schemas`` the shard lacks (flushed); its info afterwards."""
+    info = shard.info()
+    missing = {f: s for f, s in _index_schemas().items() if f not in info.payload_schema}
+    for field_name, schema in missing.items():
+        shard.update(qe.UpdateOperation.create_field_index(field_name, schema))
+    if not missing:
+        return info
+    shard.flush()
+    return shard.info()
+
+
+def _linked_fields(info: Any) -> frozenset[str]:
+    """The LINKED_AT_INGEST fields whose index has per-value HNSW links. Shards created before links
+    existed keep their indexes (and so their need for ACORN)."""
+    return frozenset(f for f in LINKED_AT_INGEST if f in info.payload_schema
+                     and getattr(info.payload_schema[f].params, "enable_hnsw", False))
 
 
 def _child_optimize() -> None:
