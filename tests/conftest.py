@@ -90,3 +90,37 @@ def pytest_collection_modifyitems(config, items):
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+def _same_class_precision(home, space: str, n: int, k: int = 3) -> tuple[float, float]:
+    """Mean precision@k of ``samsearch search --space SPACE --segment ID`` over the first ``n`` segments
+    (by id), a hit counting when it has the query's annotation category; and chance (the largest class's
+    share). Runs the real CLI on the home at ``home``."""
+    import json
+    from collections import Counter
+
+    from sqlalchemy import select
+    from typer.testing import CliRunner
+
+    from samsearch.cli import app
+    from samsearch.db import Segment
+    from samsearch.home import Home
+
+    with Home(home) as h, h.db.session() as s:
+        classes = dict(s.execute(select(Segment.id, Segment.annotation_category)).all())
+    chance = max(Counter(classes.values()).values()) / len(classes)
+    precision = []
+    for sid in sorted(classes)[:n]:
+        r = CliRunner().invoke(app, ["--home", str(home), "search", "--space", space, "--segment", sid,
+                                     "-k", str(k), "--json"])
+        assert r.exit_code == 0, r.output
+        hits = json.loads(r.output)["hits"]
+        assert len(hits) == k and sid not in {h["segment_id"] for h in hits}
+        precision.append(sum(classes[h["segment_id"]] == classes[sid] for h in hits) / k)
+    return sum(precision) / len(precision), chance
+
+
+@pytest.fixture(scope="session")
+def same_class_precision():
+    """``same_class_precision(home, space, n, k=3) -> (mean precision@k, chance)`` through the CLI."""
+    return _same_class_precision
