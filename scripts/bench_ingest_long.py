@@ -5,6 +5,10 @@ go through ``EdgeVectorStore.upsert`` in batches of one ingest write (``--batch`
 segments each), the call ``SegmentWriter.store_batch`` makes. Beside it a heartbeat thread wakes every
 10 ms and records how late it woke: a build holding the GIL shows up as a stall of its length.
 
+``--vectors clustered`` (the default) writes ``bench_search``'s embedding-like vectors, the ones the issue's
+own numbers were measured on; ``--vectors gaussian`` writes i.i.d. normal vectors (phases 1-3 used these:
+they have no structure, so every HNSW build on them costs 2-4x more, and the ratios differ).
+
 Modes (``--mode all`` runs baseline, child, deferred one after the other, same vectors, fresh store each):
 - ``child``: today's ingest: writes inside ``bulk_load``, one index build when it ends, in a child process
   (the store closes the shard, a child process optimizes it, the store reopens it).
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -33,7 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from samsearch.vectors.edge import EdgeVectorStore
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_search import CHUNK, Corpus  # noqa: E402
+
+from samsearch.vectors.edge import EdgeVectorStore  # noqa: E402
 
 DIM = 256
 COLL = "segments"
@@ -76,14 +84,22 @@ def p50_ms(store: EdgeVectorStore, queries: np.ndarray) -> float:
     return round(float(np.median(times)) * 1000, 2)
 
 
-def run(mode: str, n: int, batch: int, seed: int, queries: np.ndarray, log) -> dict:
+def clustered(n: int, seed: int) -> np.ndarray:
+    """``bench_search``'s vectors (the issue's own measurement): shaped like mask-pooled embeddings, with a
+    shared component and label/sub-cluster structure; HNSW builds on them cost what they cost on real data."""
+    corpus = Corpus(n, seed)
+    return np.concatenate([corpus.chunk(c)[0] for c in range((n + CHUNK - 1) // CHUNK)])
+
+
+def run(mode: str, n: int, batch: int, seed: int, queries: np.ndarray, log, vectors: str = "clustered") -> dict:
     rng = np.random.default_rng(seed)
+    pool = clustered(n, seed) if vectors == "clustered" else None
     with tempfile.TemporaryDirectory(prefix=f"bench-ingest-{mode}-") as tmp:
         # ingest's durability: WAL per write
         store = EdgeVectorStore(Path(tmp) / "vectors", fsync=False, build_in_child=mode == "child")
         store.ensure_collection(COLL, DIM)
         per_10k: list[float] = []
-        out: dict = {"mode": mode, "n": n, "batch": batch, "load_avg_start": os.getloadavg()[0]}
+        out: dict = {"mode": mode, "n": n, "batch": batch, "vectors": vectors, "load_avg_start": os.getloadavg()[0]}
         cpu0 = sum(os.times()[:4])
         with Heartbeat() as hb:
             hb.phase = "write"
@@ -94,7 +110,8 @@ def run(mode: str, n: int, batch: int, seed: int, queries: np.ndarray, log) -> d
             t_block, written = time.perf_counter(), 0
             while written < n:
                 m = min(batch, n - written)
-                x = rng.standard_normal((m, DIM)).astype(np.float32)
+                x = (pool[written:written + m] if pool is not None
+                     else rng.standard_normal((m, DIM)).astype(np.float32))
                 ids = [str(uuid.UUID(int=written + i + 1)) for i in range(m)]
                 payloads = [{"image_id": (written + i) // 40, "image_hash": f"h{(written + i) // 40}",
                              "dataset": f"d{(written + i) // 40 % 10}", "settings_hash": "s", "source": "auto",
@@ -152,6 +169,9 @@ def main() -> None:
                          "build in-process, baseline = incremental builds; both = baseline + child; all = the three")
     ap.add_argument("--queries", type=int, default=200, help="searches for each p50")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vectors", choices=["clustered", "gaussian"], default="clustered",
+                    help="clustered = bench_search's embedding-like vectors (how the issue measured); gaussian = "
+                         "i.i.d. normal, HNSW's worst case (phases 1-3 above used these)")
     ap.add_argument("--parallel", action="store_true",
                     help="run the modes at the same time, one process each, so that they share the machine's "
                          "load (on a busy machine a sequential run compares different loads); the first to "
@@ -162,6 +182,9 @@ def main() -> None:
         print(line, flush=True)
 
     queries = np.random.default_rng(99).standard_normal((args.queries, DIM)).astype(np.float32)
+    if args.vectors == "clustered":  # near stored vectors, as a search by segment would be
+        rows = np.random.default_rng(99).choice(args.n, args.queries, replace=False)
+        queries = clustered(args.n, args.seed)[rows] + 0.05 * queries / np.sqrt(DIM)
     modes = {"both": ["baseline", "child"], "all": ["baseline", "child", "deferred"]}.get(args.mode, [args.mode])
     results = []
     if args.parallel and len(modes) > 1:
@@ -169,7 +192,8 @@ def main() -> None:
         import sys
 
         procs = [subprocess.Popen([sys.executable, __file__, "--n", str(args.n), "--batch", str(args.batch),
-                                   "--mode", mode, "--queries", str(args.queries), "--seed", str(args.seed)],
+                                   "--mode", mode, "--queries", str(args.queries), "--seed", str(args.seed),
+                                   "--vectors", args.vectors],
                                   stdout=subprocess.PIPE, text=True) for mode in modes]
         for mode, proc in zip(modes, procs, strict=True):
             out, _ = proc.communicate()
@@ -178,7 +202,7 @@ def main() -> None:
             results.append(json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1]))
         modes = []
     for mode in modes:
-        res = run(mode, args.n, args.batch, args.seed, queries, log)
+        res = run(mode, args.n, args.batch, args.seed, queries, log, args.vectors)
         print(json.dumps(res), flush=True)
         results.append(res)
     for res in results[1:] if results[0]["mode"] == "baseline" else []:
