@@ -91,15 +91,18 @@ def clustered(n: int, seed: int) -> np.ndarray:
     return np.concatenate([corpus.chunk(c)[0] for c in range((n + CHUNK - 1) // CHUNK)])
 
 
-def run(mode: str, n: int, batch: int, seed: int, queries: np.ndarray, log, vectors: str = "clustered") -> dict:
+def run(mode: str, n: int, batch: int, seed: int, queries: np.ndarray, log, vectors: str = "clustered",
+        fsync: bool = True) -> dict:
     rng = np.random.default_rng(seed)
     pool = clustered(n, seed) if vectors == "clustered" else None
     with tempfile.TemporaryDirectory(prefix=f"bench-ingest-{mode}-") as tmp:
-        # ingest's durability: WAL per write
-        store = EdgeVectorStore(Path(tmp) / "vectors", fsync=False, build_in_child=mode == "child")
+        # fsync=True is what ingest runs with (the store's default: a flush after every write); phases 1-4
+        # of docs/BENCHMARKS.md ran with --no-fsync, which leaves the whole flush to the closing build
+        store = EdgeVectorStore(Path(tmp) / "vectors", fsync=fsync, build_in_child=mode == "child")
         store.ensure_collection(COLL, DIM)
         per_10k: list[float] = []
-        out: dict = {"mode": mode, "n": n, "batch": batch, "vectors": vectors, "load_avg_start": os.getloadavg()[0]}
+        out: dict = {"mode": mode, "n": n, "batch": batch, "vectors": vectors, "fsync": fsync,
+                     "load_avg_start": os.getloadavg()[0]}
         cpu0 = sum(os.times()[:4])
         with Heartbeat() as hb:
             hb.phase = "write"
@@ -169,6 +172,8 @@ def main() -> None:
                          "build in-process, baseline = incremental builds; both = baseline + child; all = the three")
     ap.add_argument("--queries", type=int, default=200, help="searches for each p50")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-fsync", dest="fsync", action="store_false",
+                    help="no flush after each write (ingest flushes after each; the closing flush then does it all)")
     ap.add_argument("--vectors", choices=["clustered", "gaussian"], default="clustered",
                     help="clustered = bench_search's embedding-like vectors (how the issue measured); gaussian = "
                          "i.i.d. normal, HNSW's worst case (phases 1-3 above used these)")
@@ -193,7 +198,7 @@ def main() -> None:
 
         procs = [subprocess.Popen([sys.executable, __file__, "--n", str(args.n), "--batch", str(args.batch),
                                    "--mode", mode, "--queries", str(args.queries), "--seed", str(args.seed),
-                                   "--vectors", args.vectors],
+                                   "--vectors", args.vectors] + ([] if args.fsync else ["--no-fsync"]),
                                   stdout=subprocess.PIPE, text=True) for mode in modes]
         for mode, proc in zip(modes, procs, strict=True):
             out, _ = proc.communicate()
@@ -202,7 +207,7 @@ def main() -> None:
             results.append(json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1]))
         modes = []
     for mode in modes:
-        res = run(mode, args.n, args.batch, args.seed, queries, log, args.vectors)
+        res = run(mode, args.n, args.batch, args.seed, queries, log, args.vectors, args.fsync)
         print(json.dumps(res), flush=True)
         results.append(res)
     for res in results[1:] if results[0]["mode"] == "baseline" else []:

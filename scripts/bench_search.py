@@ -63,13 +63,13 @@ CHUNK = 10_000
 class Corpus:
     """Deterministic vectors and metadata: chunk ``c`` always comes out the same for a given seed."""
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed = n, seed
+    def __init__(self, n: int, seed: int, dim: int = DIM):
+        self.n, self.seed, self.dim = n, seed, dim
         rng = np.random.default_rng([seed, 0])
         unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
-        self.shared = unit(rng.normal(size=DIM))
-        self.label_centres = unit(rng.normal(size=(N_LABELS, DIM)))
-        self.sub_centres = unit(rng.normal(size=(N_LABELS * SUBS_PER_LABEL, DIM)))
+        self.shared = unit(rng.normal(size=dim))
+        self.label_centres = unit(rng.normal(size=(N_LABELS, dim)))
+        self.sub_centres = unit(rng.normal(size=(N_LABELS * SUBS_PER_LABEL, dim)))
 
     def chunk(self, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(vectors, label index, dataset index, area) of rows [c*CHUNK, ...)."""
@@ -77,7 +77,7 @@ class Corpus:
         rng = np.random.default_rng([self.seed, 1, c])
         sub = rng.integers(0, N_LABELS * SUBS_PER_LABEL, m)
         label = sub // SUBS_PER_LABEL
-        noise = rng.normal(size=(m, DIM)) / np.sqrt(DIM)
+        noise = rng.normal(size=(m, self.dim)) / np.sqrt(self.dim)
         x = 0.6 * self.shared + 0.6 * self.label_centres[label] + 0.6 * self.sub_centres[sub] + 0.5 * noise
         x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
         dataset = rng.integers(0, N_DATASETS, m)

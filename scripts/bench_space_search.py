@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -34,37 +35,19 @@ from pathlib import Path
 
 import numpy as np
 
-from samsearch.home import space_collection
-from samsearch.spaces.registry import SPACES
-from samsearch.vectors.base import Filter, Match
-from samsearch.vectors.edge import EdgeVectorStore
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_search import CHUNK, N_DATASETS, SEGMENTS_PER_IMAGE, Corpus  # noqa: E402
 
-N_LABELS, SUBS_PER_LABEL, N_DATASETS, SEGMENTS_PER_IMAGE = 20, 50, 10, 8
-CHUNK, BATCH = 10_000, 320
+from samsearch.home import space_collection  # noqa: E402
+from samsearch.spaces.registry import SPACES  # noqa: E402
+from samsearch.vectors.base import Filter, Match  # noqa: E402
+from samsearch.vectors.edge import EdgeVectorStore  # noqa: E402
+
+BATCH = 320  # segments per upsert: one ingest write
 
 
 def width(space: str) -> int:
     return 256 if space == "sam" else SPACES[space].dim
-
-
-class Corpus:
-    """``bench_search``'s embedding-like vectors at width ``dim``; chunk ``c`` is the same on every call."""
-
-    def __init__(self, dim: int, seed: int):
-        self.dim, self.seed = dim, seed
-        rng = np.random.default_rng([seed, dim, 0])
-        unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
-        self.shared = unit(rng.normal(size=dim))
-        self.label_centres = unit(rng.normal(size=(N_LABELS, dim)))
-        self.sub_centres = unit(rng.normal(size=(N_LABELS * SUBS_PER_LABEL, dim)))
-
-    def chunk(self, c: int, m: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, self.dim, 1, c])
-        sub = rng.integers(0, N_LABELS * SUBS_PER_LABEL, m)
-        noise = rng.normal(size=(m, self.dim)) / np.sqrt(self.dim)
-        x = 0.6 * self.shared + 0.6 * self.label_centres[sub // SUBS_PER_LABEL] + 0.6 * self.sub_centres[sub] \
-            + 0.5 * noise
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def payload(row: int) -> dict:
@@ -81,7 +64,7 @@ def fill(store: EdgeVectorStore, coll: str, corpus: Corpus, n: int) -> np.ndarra
     with store.bulk_load(coll, report=lambda line: print(f"  {line}", flush=True)):
         for c in range((n + CHUNK - 1) // CHUNK):
             a = c * CHUNK
-            x = corpus.chunk(c, min(CHUNK, n - a))
+            x = corpus.chunk(c)[0]
             for b in range(0, len(x), BATCH):
                 rows = range(a + b, a + min(b + BATCH, len(x)))
                 store.upsert(coll, [str(uuid.UUID(int=r + 1)) for r in rows], x[b:b + len(rows)],
@@ -112,7 +95,7 @@ def measure(space: str, n: int, queries_n: int, recall_n: int, seed: int, root: 
     try:
         store.ensure_collection(coll, dim)
         t0, cpu0 = time.perf_counter(), sum(os.times()[:4])
-        base = fill(store, coll, Corpus(dim, seed), n)
+        base = fill(store, coll, Corpus(n, seed, dim), n)
         build = store.last_child_build or {}
         fill_s = time.perf_counter() - t0
         noise = np.random.default_rng([seed, 3]).normal(size=base.shape).astype(np.float32) * 0.05 / np.sqrt(dim)
