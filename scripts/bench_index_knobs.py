@@ -29,7 +29,7 @@ import numpy as np
 import qdrant_edge as qe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_search import CHUNK, DIM, Corpus  # noqa: E402
+from bench_search import DIM, Corpus  # noqa: E402
 
 from samsearch.vectors import edge  # noqa: E402
 from samsearch.vectors.base import Filter, Match  # noqa: E402
@@ -82,9 +82,8 @@ def vectors(n: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
     if kind == "gaussian":
         rng = np.random.default_rng(0)
         return rng.standard_normal((n, DIM)).astype(np.float32), rng.integers(0, 10, n)
-    corpus = Corpus(n, 0)
-    chunks = [corpus.chunk(c) for c in range((n + CHUNK - 1) // CHUNK)]
-    return np.concatenate([c[0] for c in chunks]), np.concatenate([c[2] for c in chunks])
+    x, _, datasets, _ = Corpus(n, 0).arrays()
+    return x, datasets
 
 
 def series(store: EdgeVectorStore, queries: np.ndarray, flt: Filter | None) -> tuple[float, float]:

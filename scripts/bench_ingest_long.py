@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_search import CHUNK, Corpus  # noqa: E402
+from bench_search import Corpus  # noqa: E402
 
 from samsearch.vectors.edge import EdgeVectorStore  # noqa: E402
 
@@ -84,17 +84,11 @@ def p50_ms(store: EdgeVectorStore, queries: np.ndarray) -> float:
     return round(float(np.median(times)) * 1000, 2)
 
 
-def clustered(n: int, seed: int) -> np.ndarray:
-    """``bench_search``'s vectors (the issue's own measurement): shaped like mask-pooled embeddings, with a
-    shared component and label/sub-cluster structure; HNSW builds on them cost what they cost on real data."""
-    corpus = Corpus(n, seed)
-    return np.concatenate([corpus.chunk(c)[0] for c in range((n + CHUNK - 1) // CHUNK)])
-
-
-def run(mode: str, n: int, batch: int, seed: int, queries: np.ndarray, log, vectors: str = "clustered",
+def run(mode: str, n: int, batch: int, seed: int, queries: np.ndarray, log, pool: np.ndarray | None = None,
         fsync: bool = True) -> dict:
+    """One mode. ``pool``: the ``n`` vectors to write (``--vectors clustered``), or None for Gaussian ones."""
     rng = np.random.default_rng(seed)
-    pool = clustered(n, seed) if vectors == "clustered" else None
+    vectors = "gaussian" if pool is None else "clustered"
     with tempfile.TemporaryDirectory(prefix=f"bench-ingest-{mode}-") as tmp:
         # fsync=True is what ingest runs with (the store's default: a flush after every write); phases 1-4
         # of docs/BENCHMARKS.md ran with --no-fsync, which leaves the whole flush to the closing build
@@ -187,14 +181,16 @@ def main() -> None:
         print(line, flush=True)
 
     queries = np.random.default_rng(99).standard_normal((args.queries, DIM)).astype(np.float32)
-    if args.vectors == "clustered":  # near stored vectors, as a search by segment would be
+    # bench_search's vectors (the issue's own measurement): shaped like mask-pooled embeddings, with a shared
+    # component and label/sub-cluster structure; HNSW builds on them cost what they cost on real data
+    pool = Corpus(args.n, args.seed).arrays()[0] if args.vectors == "clustered" else None
+    if pool is not None:  # queries near stored vectors, as a search by segment would be
         rows = np.random.default_rng(99).choice(args.n, args.queries, replace=False)
-        queries = clustered(args.n, args.seed)[rows] + 0.05 * queries / np.sqrt(DIM)
+        queries = pool[rows] + 0.05 * queries / np.sqrt(DIM)
     modes = {"both": ["baseline", "child"], "all": ["baseline", "child", "deferred"]}.get(args.mode, [args.mode])
     results = []
     if args.parallel and len(modes) > 1:
         import subprocess
-        import sys
 
         procs = [subprocess.Popen([sys.executable, __file__, "--n", str(args.n), "--batch", str(args.batch),
                                    "--mode", mode, "--queries", str(args.queries), "--seed", str(args.seed),
@@ -207,7 +203,7 @@ def main() -> None:
             results.append(json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1]))
         modes = []
     for mode in modes:
-        res = run(mode, args.n, args.batch, args.seed, queries, log, args.vectors, args.fsync)
+        res = run(mode, args.n, args.batch, args.seed, queries, log, pool, args.fsync)
         print(json.dumps(res), flush=True)
         results.append(res)
     for res in results[1:] if results[0]["mode"] == "baseline" else []:

@@ -84,6 +84,11 @@ class Corpus:
         area = rng.integers(50, 50_000, m)
         return x, label.astype(np.uint8), dataset.astype(np.uint8), area
 
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every chunk, concatenated: (vectors, label index, dataset index, area) of all ``n`` rows."""
+        chunks = [self.chunk(c) for c in range((self.n + CHUNK - 1) // CHUNK)]
+        return tuple(np.concatenate(part) for part in zip(*chunks, strict=True))  # type: ignore[return-value]
+
     def ids(self, rows: np.ndarray | range) -> list[str]:
         return [str(uuid.UUID(int=int(i) + 1)) for i in rows]
 

@@ -38,7 +38,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search import CHUNK, N_DATASETS, SEGMENTS_PER_IMAGE, Corpus  # noqa: E402
 
-from samsearch.home import space_collection  # noqa: E402
+from samsearch.home import SAM_SPACE, space_collection  # noqa: E402
+from samsearch.sam.pooling import EMBEDDING_DIM  # noqa: E402
 from samsearch.spaces.registry import SPACES  # noqa: E402
 from samsearch.vectors.base import Filter, Match  # noqa: E402
 from samsearch.vectors.edge import EdgeVectorStore  # noqa: E402
@@ -47,7 +48,7 @@ BATCH = 320  # segments per upsert: one ingest write
 
 
 def width(space: str) -> int:
-    return 256 if space == "sam" else SPACES[space].dim
+    return EMBEDDING_DIM if space == SAM_SPACE else SPACES[space].dim
 
 
 def payload(row: int) -> dict:
@@ -132,7 +133,7 @@ def main() -> None:
     args = ap.parse_args()
     spaces = [s.strip() for s in args.spaces.split(",") if s.strip()]
     for s in spaces:
-        if s != "sam" and s not in SPACES:
+        if s != SAM_SPACE and s not in SPACES:
             ap.error(f"unknown space {s!r} (known: sam, {', '.join(SPACES)})")
     if args.queries > 300:
         ap.error("--queries: at most 300 (400 query rows are drawn, 100 of them warm up)")
